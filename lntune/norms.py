@@ -1,0 +1,131 @@
+# Copyright 2026 the lntune authors. Licensed under the Apache License, Version 2.0.
+"""Which modules are normalization layers, and what role each one plays in its block.
+
+Norms are found by type, never by name: ``torch.nn.LayerNorm`` / ``GroupNorm`` / ``RMSNorm`` and their subclasses
+(timm's ``LayerNorm``, ``LayerNorm2d``, ...), plus the many norm classes that transformers and timm write as plain
+``nn.Module`` subclasses (``LlamaRMSNorm``, ``GemmaRMSNorm``, ``T5LayerNorm``, timm ``RmsNorm`` ...). Those are
+recognised structurally: a leaf module whose class name ends in ``Norm`` and whose only parameters are a 1-D
+``weight`` and an optional 1-D ``bias`` of the same length. Names are used only for the *role* of a norm
+(attention-side, output/feed-forward-side, ...), which is what the LayerNorm-tuning papers compare.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+# Torch classes accepted as norms (and their subclasses). BatchNorm is deliberately absent: its running statistics
+# make "tune only the affine parameters" a different method.
+_TORCH_NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm) + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+)
+_NORM_NAME = re.compile(r"(norm|layernorm|rmsnorm)$", re.IGNORECASE)
+_EXCLUDED_NAME = re.compile(r"batchnorm|instancenorm|weightnorm|spectralnorm", re.IGNORECASE)
+
+ROLES = ("embedding", "attention", "output", "final", "qk", "other")
+
+# Role of a norm from its (fully qualified) module name; first match wins. "attention" is the norm that belongs to the
+# attention sub-layer (BERT's attention.output.LayerNorm, pre-LN ln_1/norm1/input_layernorm), "output" the one that
+# belongs to the feed-forward sub-layer (BERT's output.LayerNorm, pre-LN ln_2/norm2/post_attention_layernorm in Llama).
+_ROLE_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (role, re.compile(pattern))
+    for role, pattern in (
+        ("qk", r"(^|\.)(q_norm|k_norm|query_norm|key_norm|q_layernorm|k_layernorm)$"),
+        ("embedding", r"(^|\.)(embeddings?|embed\w*|emb_ln|wte|patch_embed)(\.|$)"),
+        ("attention", r"decoder\.block\.\d+\.layer\.1\.layer_norm$"),  # T5 decoder cross-attention
+        ("attention", r"(^|\.)block\.\d+\.layer\.0\.layer_norm$"),  # T5 self-attention
+        ("output", r"(^|\.)block\.\d+\.layer\.[12]\.layer_norm$"),  # T5 feed-forward
+        ("attention", r"attention\.output\.LayerNorm$|(^|\.)(attention|attn|self_attn)[\w.]*norm\w*$"),
+        ("attention", r"(^|\.)(ln_1|norm1|layernorm_before|input_layernorm|self_attn_layer_norm|attn_norm)$"),
+        ("output", r"(^|\.)output\.LayerNorm$|(^|\.)(mlp|ffn|feed_forward)[\w.]*norm\w*$"),
+        (
+            "output",
+            r"(^|\.)(ln_2|norm2|layernorm_after|post_attention_layernorm|pre_feedforward_layernorm|"
+            r"post_feedforward_layernorm|ffn_norm|ffn_layer_norm)$|\.\d+\.([\w.]+\.)?final_layer_norm$",
+        ),
+    )
+)
+_FINAL_NAMES = re.compile(
+    r"(^|\.)(ln_f|norm|layernorm|final_layer_norm|final_layernorm|fc_norm|norm_pre|pre_layrnorm|post_layernorm|"
+    r"LayerNorm|layer_norm)$"
+)
+_BLOCK_INDEX = re.compile(r"\.\d+\.")
+
+
+def _is_structural_norm(module: nn.Module) -> bool:
+    cls_name = type(module).__name__
+    if not _NORM_NAME.search(cls_name) or _EXCLUDED_NAME.search(cls_name):
+        return False
+    if any(True for _ in module.children()):
+        return False
+    params = dict(module.named_parameters(recurse=False))
+    weight = params.get("weight")
+    if weight is None or weight.dim() != 1 or set(params) - {"weight", "bias"}:
+        return False
+    bias = params.get("bias")
+    return bias is None or bias.shape == weight.shape
+
+
+def is_norm(module: nn.Module) -> bool:
+    """True if ``module`` is a normalization layer with a trainable 1-D gain (and optional bias) lntune can tune."""
+    if isinstance(module, _TORCH_NORM_TYPES):
+        return getattr(module, "weight", None) is not None or getattr(module, "bias", None) is not None
+    return _is_structural_norm(module)
+
+
+def norm_role(name: str) -> str:
+    """Role of the norm called ``name`` in its block: one of :data:`ROLES`."""
+    for role, pattern in _ROLE_RULES:
+        if pattern.search(name):
+            return role
+    # A norm outside any numbered block (``ln_f``, ``vit.layernorm``, ``model.norm``) is the final norm.
+    if _FINAL_NAMES.search(name) and not _BLOCK_INDEX.search("." + name + "."):
+        return "final"
+    return "other"
+
+
+@dataclass(frozen=True)
+class NormInfo:
+    """One normalization layer of a model: where it is, what it is and what it holds."""
+
+    name: str
+    module: nn.Module
+    role: str
+
+    @property
+    def type_name(self) -> str:
+        return type(self.module).__name__
+
+    @property
+    def shapes(self) -> dict[str, list[int]]:
+        out = {}
+        for pname in ("weight", "bias"):
+            p = getattr(self.module, pname, None)
+            if isinstance(p, nn.Parameter):
+                out[pname] = list(p.shape)
+        return out
+
+
+def find_norms(model: nn.Module) -> list[NormInfo]:
+    """All tunable normalization layers of ``model`` in module order (wrapped lntune layers are unwrapped)."""
+    found = []
+    for name, module in model.named_modules():
+        # lntune's own wrapper exposes the wrapped norm as ``base_layer``: report it under the wrapper's name.
+        if name.endswith(".base_layer") or name == "base_layer":
+            continue
+        base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+        if is_norm(base):
+            found.append(NormInfo(name=name, module=base, role=norm_role(name)))
+    return found
+
+
+def norm_type_summary(model: nn.Module) -> str:
+    """Human-readable ``{type: count}`` of the norm layers in ``model`` (for error messages)."""
+    counts: dict[str, int] = {}
+    for info in find_norms(model):
+        counts[info.type_name] = counts.get(info.type_name, 0) + 1
+    if not counts:
+        return "no normalization layers"
+    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
