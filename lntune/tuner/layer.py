@@ -1,0 +1,230 @@
+# Copyright 2026 the lntune authors. Licensed under the Apache License, Version 2.0.
+"""The tuner layer: a norm module plus, per adapter, deltas for its gain and bias."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+from torch.func import functional_call
+
+BASE_ADAPTER = "__base__"  # the name that routes a row of a mixed batch to the base model
+_RANDOM_INIT_STD = 0.1
+
+
+@dataclass
+class Routing:
+    """Per-sample adapter choice for one batched forward: which rows use which adapter."""
+
+    names: list[str]
+    groups: list[tuple[str, torch.Tensor]]  # (adapter name, row indices), one entry per distinct name
+
+    @classmethod
+    def from_names(cls, names: list[str]) -> Routing:
+        order: dict[str, list[int]] = {}
+        for row, name in enumerate(names):
+            order.setdefault(name, []).append(row)
+        groups = [(name, torch.tensor(rows, dtype=torch.long)) for name, rows in order.items()]
+        return cls(names=list(names), groups=groups)
+
+    def rows_on(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return rows if rows.device == device else rows.to(device)
+
+
+class LNTuneLayer(nn.Module, BaseTunerLayer):
+    """
+    Wraps one normalization layer. The base norm stays as `base_layer`, untouched; each adapter owns a delta for the
+    gain (`lntune_weight[name]`) and the bias (`lntune_bias[name]`). The adapted forward runs the *base module's own
+    forward* with `weight + delta` and `bias + delta` (via `torch.func.functional_call`), so any norm class works,
+    including Gemma's `x * (1 + weight)` RMSNorm (the delta acts on the effective scale) and T5's bias-free norm.
+
+    With a mask (Fisher-selected subset), the trainable tensor holds only the selected scalars and is scattered into a
+    zero delta in forward: unselected scalars cannot move, whatever the optimizer does, and the saved adapter holds only
+    the selected values.
+    """
+
+    adapter_layer_names = ("lntune_weight", "lntune_bias")
+    other_param_names = ("lntune_weight_index", "lntune_bias_index")
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config, module_name: str = "") -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.lntune_weight = nn.ParameterDict({})
+        self.lntune_bias = nn.ParameterDict({})
+        # indices of the selected scalars of masked adapters (non-persistent: the indices are saved in the config)
+        self.lntune_weight_index = BufferDict({}, persistent=False)
+        self.lntune_bias_index = BufferDict({}, persistent=False)
+        self.module_name = module_name
+        self.merged_adapters: list[str] = []
+        self._active_adapter = adapter_name
+        self._disable_adapters = False
+        self._premerge: dict[str, torch.Tensor] = {}
+        self.routing: Optional[Routing] = None  # set by LNTuneModel for the duration of a mixed-batch forward
+        self.update_layer(adapter_name, config)
+
+    # ------------------------------------------------------------------ set-up
+    def update_layer(self, adapter_name: str, config) -> None:
+        """Create the deltas of `adapter_name` for this norm (zeros, or small random values if init_weights=False)."""
+        base = self.get_base_layer()
+        mask = (config.mask or {}).get(self.module_name)
+        if config.mask is not None and mask is None:
+            return  # the Fisher mask selected nothing in this norm
+        for pname in config.tuned_params:
+            base_param = getattr(base, pname, None)
+            if not isinstance(base_param, nn.Parameter):
+                continue  # e.g. bias of an RMSNorm / T5 LayerNorm: nothing to tune
+            size = base_param.numel()
+            if mask is not None:
+                if pname not in mask or not mask[pname]:
+                    continue
+                index = torch.tensor(mask[pname], dtype=torch.long, device=base_param.device)
+                if int(index.max()) >= size:
+                    raise ValueError(
+                        f"mask[{self.module_name!r}][{pname!r}] has index {int(index.max())}, but this norm's {pname} "
+                        f"has only {size} entries: the mask was made for a different model."
+                    )
+                getattr(self, f"lntune_{pname}_index")[adapter_name] = index
+                size = index.numel()
+            delta = torch.zeros(size, dtype=torch.float32, device=base_param.device)
+            if not config.init_weights:
+                delta.normal_(0.0, _RANDOM_INIT_STD)
+            store = self.lntune_weight if pname == "weight" else self.lntune_bias
+            store[adapter_name] = nn.Parameter(delta)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        # keep deltas in fp32 even on a bf16/fp16 base: tiny LN updates vanish in bf16
+        for store in (self.lntune_weight, self.lntune_bias):
+            if adapter_name in store and store[adapter_name].dtype != torch.float32:
+                store[adapter_name] = nn.Parameter(store[adapter_name].float())
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def has_adapter(self, adapter_name: str) -> bool:
+        return adapter_name in self.lntune_weight or adapter_name in self.lntune_bias
+
+    # ------------------------------------------------------------------ deltas
+    def dense_delta(self, pname: str, adapter_name: str) -> Optional[torch.Tensor]:
+        """The full-size fp32 delta of `pname` ("weight"/"bias") for `adapter_name`, or None if it has none here."""
+        store = self.lntune_weight if pname == "weight" else self.lntune_bias
+        if adapter_name not in store:
+            return None
+        values = store[adapter_name]
+        index = getattr(self, f"lntune_{pname}_index")
+        if adapter_name not in index:
+            return values
+        base_param = getattr(self.get_base_layer(), pname)
+        return values.new_zeros(base_param.numel()).scatter(0, index[adapter_name], values)
+
+    def _adapted_params(self, adapter_names: list[str]) -> dict[str, torch.Tensor]:
+        base = self.get_base_layer()
+        params = {}
+        for pname in ("weight", "bias"):
+            deltas = [d for d in (self.dense_delta(pname, a) for a in adapter_names) if d is not None]
+            if not deltas:
+                continue
+            base_param = getattr(base, pname)
+            total = deltas[0] if len(deltas) == 1 else torch.stack(deltas).sum(0)
+            if base_param.dtype == torch.float32:
+                params[pname] = base_param + total.view_as(base_param)
+            else:
+                params[pname] = (base_param.float() + total.view_as(base_param)).to(base_param.dtype)
+        return params
+
+    def _adapted_forward(self, x: torch.Tensor, adapter_names: list[str], *args: Any, **kwargs: Any) -> torch.Tensor:
+        base = self.get_base_layer()
+        params = self._adapted_params(adapter_names)
+        if not params:
+            return base(x, *args, **kwargs)
+        if type(base) is nn.LayerNorm and not args and not kwargs:
+            # fast path for the most common norm: the fused kernel, no module re-parametrisation
+            weight = params.get("weight", base.weight)
+            bias = params.get("bias", base.bias)
+            return F.layer_norm(x, base.normalized_shape, weight, bias, base.eps)
+        return functional_call(base, params, (x, *args), kwargs)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        routing = self.routing
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if routing is not None:
+            if self.merged:
+                raise ValueError(
+                    f"Cannot route a mixed batch (adapter_names=...) while adapters {self.merged_adapters} are merged "
+                    "into the base weights: call model.unmerge_adapter() first."
+                )
+            return self._mixed_batch_forward(x, routing, *args, **kwargs)
+        active = [a for a in self.active_adapters if self.has_adapter(a)]
+        if self.merged or not active:
+            return self.base_layer(x, *args, **kwargs)
+        return self._adapted_forward(x, active, *args, **kwargs)
+
+    def _mixed_batch_forward(self, x: torch.Tensor, routing: Routing, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if x.shape[0] != len(routing.names):
+            raise ValueError(
+                f"adapter_names has {len(routing.names)} entries but the batch reaching {self.module_name or 'a norm'} "
+                f"has {x.shape[0]} rows: pass one adapter name per sample."
+            )
+        if len(routing.groups) == 1:  # the whole batch uses one adapter: no gather/scatter needed
+            name = routing.groups[0][0]
+            if name == BASE_ADAPTER or not self.has_adapter(name):
+                return self.base_layer(x, *args, **kwargs)
+            return self._adapted_forward(x, [name], *args, **kwargs)
+        out = None
+        for name, rows in routing.groups:
+            rows = routing.rows_on(rows, x.device)
+            xs = x.index_select(0, rows)
+            if name == BASE_ADAPTER or not self.has_adapter(name):
+                ys = self.base_layer(xs, *args, **kwargs)
+            else:
+                ys = self._adapted_forward(xs, [name], *args, **kwargs)
+            if out is None:
+                out = ys.new_empty((x.shape[0], *ys.shape[1:]))
+            out = out.index_copy(0, rows, ys)
+        return out
+
+    # ------------------------------------------------------------------ merging
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """Fold the deltas of `adapter_names` (default: the active ones) into the base norm's gain and bias."""
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        if not adapter_names:
+            return
+        base = self.get_base_layer()
+        for adapter_name in adapter_names:
+            if not self.has_adapter(adapter_name):
+                continue
+            for pname in ("weight", "bias"):
+                delta = self.dense_delta(pname, adapter_name)
+                if delta is None:
+                    continue
+                param = getattr(base, pname)
+                if pname not in self._premerge:
+                    # keep the original values so that unmerge restores them exactly, in any dtype
+                    self._premerge[pname] = param.data.detach().clone()
+                merged = (param.data.float() + delta.detach().view_as(param)).to(param.dtype)
+                if safe_merge and not torch.isfinite(merged).all():
+                    raise ValueError(
+                        f"NaNs detected in the merged {pname} of {self.module_name}: adapter {adapter_name} seems broken"
+                    )
+                param.data.copy_(merged)
+            self.merged_adapters.append(adapter_name)
+
+    def unmerge(self) -> None:
+        """Restore the base norm's original gain and bias."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        base = self.get_base_layer()
+        for pname, original in self._premerge.items():
+            getattr(base, pname).data.copy_(original.to(getattr(base, pname).device))
+        self._premerge = {}
+        self.merged_adapters = []
+
+    def __repr__(self) -> str:
+        return "lntune." + super().__repr__()

