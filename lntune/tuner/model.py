@@ -82,20 +82,19 @@ def check_base_norms(model: nn.Module, config: LNTuneConfig, targets: list[str])
     """Fail with the first mismatch if the adapter recorded a base model whose adapted norms differ from `model`'s."""
     if not config.base_norms:
         return
+    made_for = f" ({config.base_model_name_or_path})" if config.base_model_name_or_path else ""
     shapes = {info.name: info.shapes for info in find_norms(model)}
     for name, saved in config.base_norms.items():
         if name not in shapes:
             raise ValueError(
                 f"This adapter was trained on a base model with a norm layer '{name}', which this model does not have "
-                f"(it has {norm_type_summary(model)}). Load it onto the base model it was made for "
-                f"({config.base_model_name_or_path!r})."
+                f"(it has {norm_type_summary(model)}). Load it onto the base model it was made for{made_for}."
             )
         for pname, shape in saved.items():
             if shapes[name].get(pname) != list(shape):
                 raise ValueError(
                     f"Base model mismatch at '{name}.{pname}': the adapter was saved for shape {list(shape)}, this "
-                    f"model has {shapes[name].get(pname)}. Load it onto the base model it was made for "
-                    f"({config.base_model_name_or_path!r})."
+                    f"model has {shapes[name].get(pname)}. Load it onto the base model it was made for{made_for}."
                 )
 
 

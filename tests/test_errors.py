@@ -1,0 +1,147 @@
+# Copyright 2026 the lntune authors. Licensed under the Apache License, Version 2.0.
+"""Bad input gets a clear error that says what was wrong and what to do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from torch import nn
+
+from lntune import LNTuneConfig
+
+from .models import build
+
+
+def _bert():
+    return build("bert")
+
+
+def test_config_matching_no_norm_lists_norm_types():
+    base, _, _ = _bert()
+    with pytest.raises(ValueError, match=r"matched no normalization layer.*LayerNorm x5"):
+        get_peft_model(base, LNTuneConfig(target_modules=["nothing_here"]))
+
+
+def test_target_that_is_not_a_norm():
+    base, _, _ = _bert()
+    with pytest.raises(ValueError, match=r"not normalization layers.*query \(Linear\)"):
+        get_peft_model(base, LNTuneConfig(target_modules=["query"]))
+
+
+def test_model_without_norms():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="no normalization layer"):
+        get_peft_model(model, LNTuneConfig())
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"params": "gain"}, "params must be one of"),
+        ({"roles": ["ffn"]}, "roles must be a non-empty subset"),
+        ({"preset": "nope"}, "Unknown preset"),
+        ({"preset": "output", "roles": ["output"]}, "either `preset` or `roles`"),
+        ({"mask": {"x": {"gamma": [1]}}}, "keys 'weight' and/or 'bias'"),
+        ({"mask": {"x": {"weight": [-1]}}}, "negative index"),
+    ],
+)
+def test_bad_config_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LNTuneConfig(**kwargs)
+
+
+def test_mask_for_another_model():
+    base, _, _ = _bert()
+    with pytest.raises(ValueError, match="not a normalization layer of this model"):
+        get_peft_model(base, LNTuneConfig(mask={"encoder.h.0.ln_1": {"weight": [0]}}))
+    base, _, _ = _bert()
+    with pytest.raises(ValueError, match="does not match this model's shapes"):
+        get_peft_model(base, LNTuneConfig(mask={"bert.embeddings.LayerNorm": {"weight": [999]}}))
+
+
+def _two_adapters():
+    base, batch_fn, _ = _bert()
+    model = get_peft_model(base, LNTuneConfig(task_type="SEQ_CLS", init_weights=False), adapter_name="a")
+    model.add_adapter("b", LNTuneConfig(task_type="SEQ_CLS", init_weights=False))
+    return model.eval(), batch_fn
+
+
+def test_unknown_adapter_name_in_mixed_batch():
+    model, batch_fn = _two_adapters()
+    with pytest.raises(ValueError, match=r"Unknown adapter name\(s\) \['c'\].*available: \['a', 'b'\]"):
+        model(**batch_fn(2), adapter_names=["a", "c"])
+
+
+def test_unknown_adapter_in_set_adapter():
+    model, _ = _two_adapters()
+    with pytest.raises(ValueError, match="c"):
+        model.set_adapter("c")
+
+
+def test_adapter_names_length_differs_from_batch():
+    model, batch_fn = _two_adapters()
+    with pytest.raises(ValueError, match="adapter_names has 3 entries but .* 2 rows"):
+        model(**batch_fn(2), adapter_names=["a", "b", "a"])
+
+
+def test_mixed_batch_while_merged():
+    model, batch_fn = _two_adapters()
+    model.merge_adapter()
+    with pytest.raises(ValueError, match="unmerge_adapter"):
+        model(**batch_fn(2), adapter_names=["a", "b"])
+
+
+def test_load_onto_wrong_base(tmp_path):
+    import transformers as tf
+
+    base, _, _ = _bert()
+    get_peft_model(base, LNTuneConfig(task_type="SEQ_CLS")).save_pretrained(tmp_path)
+    other = tf.BertForSequenceClassification(
+        tf.BertConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100)
+    )
+    with pytest.raises(
+        ValueError, match=r"Base model mismatch at 'bert.embeddings.LayerNorm.(weight|bias)'.*\[32\].*\[48\]"
+    ):
+        PeftModel.from_pretrained(other, tmp_path)
+    gpt2, _, _ = build("gpt2")
+    with pytest.raises(ValueError, match="norm layer 'bert.embeddings.LayerNorm', which this model does not have"):
+        PeftModel.from_pretrained(gpt2, tmp_path)
+
+
+def test_save_path_is_a_file(tmp_path):
+    base, _, _ = _bert()
+    model = get_peft_model(base, LNTuneConfig(task_type="SEQ_CLS"))
+    target = tmp_path / "file.txt"
+    target.write_text("keep me")
+    with pytest.raises(ValueError, match="should be a directory, not a file"):
+        model.save_pretrained(str(target))
+    assert target.read_text() == "keep me"
+
+
+def test_failed_save_leaves_previous_adapter_intact(tmp_path, monkeypatch):
+    """A crash while writing must not leave a half-written adapter file behind."""
+    import safetensors.torch
+
+    from lntune.tuner import registration
+
+    base, _, _ = _bert()
+    model = get_peft_model(base, LNTuneConfig(task_type="SEQ_CLS", init_weights=False))
+    model.save_pretrained(tmp_path)
+    before = (tmp_path / "adapter_model.safetensors").read_bytes()
+
+    def broken(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(registration, "save_file", broken)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").read_bytes() == before
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".tmp-")]
+    assert safetensors.torch.load_file(tmp_path / "adapter_model.safetensors")
