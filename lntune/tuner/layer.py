@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -20,10 +20,14 @@ _RANDOM_INIT_STD = 0.1
 
 @dataclass
 class Routing:
-    """Per-sample adapter choice for one batched forward: which rows use which adapter."""
+    """Per-sample adapter choice for one batched forward: which rows use which adapter.
+
+    Built once per forward (not per layer); the row-index tensors are moved to a device once and reused by every layer.
+    """
 
     names: list[str]
     groups: list[tuple[str, torch.Tensor]]  # (adapter name, row indices), one entry per distinct name
+    _on_device: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_names(cls, names: list[str]) -> Routing:
@@ -33,8 +37,10 @@ class Routing:
         groups = [(name, torch.tensor(rows, dtype=torch.long)) for name, rows in order.items()]
         return cls(names=list(names), groups=groups)
 
-    def rows_on(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-        return rows if rows.device == device else rows.to(device)
+    def groups_on(self, device: torch.device) -> list[tuple[str, torch.Tensor]]:
+        if device not in self._on_device:
+            self._on_device[device] = [(name, rows.to(device)) for name, rows in self.groups]
+        return self._on_device[device]
 
 
 class LNTuneLayer(nn.Module, BaseTunerLayer):
@@ -177,8 +183,7 @@ class LNTuneLayer(nn.Module, BaseTunerLayer):
                 return self.base_layer(x, *args, **kwargs)
             return self._adapted_forward(x, [name], *args, **kwargs)
         out = None
-        for name, rows in routing.groups:
-            rows = routing.rows_on(rows, x.device)
+        for name, rows in routing.groups_on(x.device):
             xs = x.index_select(0, rows)
             if name == BASE_ADAPTER or not self.has_adapter(name):
                 ys = self.base_layer(xs, *args, **kwargs)
