@@ -15,19 +15,19 @@ export TOKENIZERS_PARALLELISM := false
 	touch $@
 
 test: .venv/.installed
-	$(PY) -m ruff check lntune tests bench recipes
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 demo: .venv/.installed
 	$(PY) -m lntune.demo
 
 quality: .venv/.installed
-	$(PY) -m ruff check lntune tests bench recipes
-	$(PY) -m ruff format --check lntune tests bench recipes
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 style: .venv/.installed
-	$(PY) -m ruff check --fix lntune tests bench recipes
-	$(PY) -m ruff format lntune tests bench recipes
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 bench: .venv/.installed
 	$(PY) bench/step.py
