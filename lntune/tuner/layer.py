@@ -125,6 +125,33 @@ class LNTuneLayer(nn.Module, BaseTunerLayer):
         base_param = getattr(self.get_base_layer(), pname)
         return values.new_zeros(base_param.numel()).scatter(0, index[adapter_name], values)
 
+    def apply_mask(self, adapter_name: str, per_param: Optional[dict[str, list[int]]]) -> dict[nn.Parameter, Any]:
+        """Keep only the scalars `per_param` selects of `adapter_name`'s deltas (current values are kept).
+
+        Returns {old parameter: new parameter, or None if nothing of it is left}, so callers holding the old tensors
+        (an optimizer) can swap them.
+        """
+        swapped: dict[nn.Parameter, Any] = {}
+        for pname in ("weight", "bias"):
+            store = self.lntune_weight if pname == "weight" else self.lntune_bias
+            index = getattr(self, f"lntune_{pname}_index")
+            if adapter_name not in store:
+                continue
+            old = store[adapter_name]
+            dense = self.dense_delta(pname, adapter_name).detach()
+            selected = (per_param or {}).get(pname) or []
+            if adapter_name in index:
+                del index[adapter_name]
+            if not selected:
+                del store[adapter_name]
+                swapped[old] = None
+                continue
+            idx = torch.tensor(selected, dtype=torch.long, device=dense.device)
+            store[adapter_name] = nn.Parameter(dense[idx].clone(), requires_grad=old.requires_grad)
+            index[adapter_name] = idx
+            swapped[old] = store[adapter_name]
+        return swapped
+
     def _adapted_params(self, adapter_names: list[str]) -> dict[str, torch.Tensor]:
         base = self.get_base_layer()
         params = {}

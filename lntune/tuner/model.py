@@ -12,7 +12,7 @@ from peft.tuners.tuners_utils import BaseTuner, _ExcludedModule
 from torch import nn
 
 from ..norms import find_norms, is_norm, norm_type_summary
-from .config import LNTuneConfig
+from .config import LNTuneConfig, _normalise_mask
 from .layer import BASE_ADAPTER, LNTuneLayer, Routing
 
 _PEFT_PREFIX = "base_model.model."
@@ -260,6 +260,25 @@ class LNTuneModel(BaseTuner):
                 }
         config.base_norms = base_norms
         return super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+
+    def set_mask(self, mask: dict, adapter_name: Optional[str] = None) -> dict[nn.Parameter, Optional[nn.Parameter]]:
+        """Restrict an existing adapter to the scalars in `mask` (e.g. from `lntune.select_by_fisher`).
+
+        Selected deltas keep their current values; everything else is dropped from the adapter (and from its saved
+        file). The mask is recorded in the adapter's config. Returns {old parameter: new parameter or None} so that an
+        optimizer created before the call can be updated (see `lntune.fisher.swap_optimizer_params`).
+        """
+        adapter_name = adapter_name or self.active_adapters[0]
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"No adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}.")
+        mask = _normalise_mask(mask)
+        layers = {name: layer for name, layer in self.lntune_layers() if layer.has_adapter(adapter_name)}
+        check_mask(self.model, self.peft_config[adapter_name], list(layers))
+        swapped: dict[nn.Parameter, Optional[nn.Parameter]] = {}
+        for name, layer in layers.items():
+            swapped.update(layer.apply_mask(adapter_name, mask.get(name)))
+        self.peft_config[adapter_name].mask = mask
+        return swapped
 
     def lntune_layers(self) -> list[tuple[str, LNTuneLayer]]:
         """(name, layer) of every wrapped norm."""
