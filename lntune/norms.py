@@ -91,8 +91,14 @@ class NormInfo:
     """One normalization layer of a model: where it is, what it is and what it holds."""
 
     name: str
-    module: nn.Module
+    module: nn.Module  # the norm itself (for a wrapped norm: the wrapped base module)
     role: str
+    outer: nn.Module | None = None  # the module the model actually calls: an lntune wrapper, or the norm itself
+
+    @property
+    def called(self) -> nn.Module:
+        """Hook this one to see the norm's real input and output (a wrapper's forward bypasses the base module's)."""
+        return self.outer if self.outer is not None else self.module
 
     @property
     def type_name(self) -> str:
@@ -117,7 +123,7 @@ def find_norms(model: nn.Module) -> list[NormInfo]:
             continue
         base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
         if is_norm(base):
-            found.append(NormInfo(name=name, module=base, role=norm_role(name)))
+            found.append(NormInfo(name=name, module=base, role=norm_role(name), outer=module))
     return found
 
 
