@@ -5,6 +5,8 @@
 `PeftModel.from_pretrained` and `PeftConfig.from_pretrained` work as for any built-in method.
 """
 
+from .fisher import FisherScores, fisher_scores, select_by_fisher, summarize_selection, top_modules
+from .fisher.callback import FisherSelectionCallback, swap_optimizer_params
 from .norms import ROLES, NormInfo, find_norms, is_norm, norm_role
 from .tuner import BASE_ADAPTER, PEFT_TYPE, PRESETS, LNTuneConfig, LNTuneLayer, LNTuneModel
 
@@ -12,6 +14,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BASE_ADAPTER",
+    "FisherScores",
+    "FisherSelectionCallback",
     "PEFT_TYPE",
     "PRESETS",
     "ROLES",
@@ -20,6 +24,11 @@ __all__ = [
     "LNTuneModel",
     "NormInfo",
     "find_norms",
+    "fisher_scores",
     "is_norm",
     "norm_role",
+    "select_by_fisher",
+    "summarize_selection",
+    "swap_optimizer_params",
+    "top_modules",
 ]
