@@ -1,0 +1,609 @@
+# Copyright 2026 the lntune authors. Licensed under the Apache License, Version 2.0.
+"""Task-keyed LayerNorm banks for class-incremental learning (De Min et al. 2023, arXiv:2308.09610).
+
+A bank holds, on one frozen backbone, one lntune adapter per task (gain and bias deltas of every norm, named
+``task_0``, ``task_1`` ...), keys that say which task a sample belongs to, and a classifier over all classes.
+
+- :class:`LNBank` (the paper's two-stage method): the *query* of a sample is the frozen backbone's pooled feature
+  (adapters off). Keys live in that space: one per task (``key_mode="task"``, the paper) or one per class, mapped to
+  its task (``key_mode="class"``). Inference is two batched passes whatever the number of tasks: a frozen query pass,
+  then one routed pass where row ``i`` runs with the adapter of its selected task (``adapter_names=[...]``).
+- :class:`SinglePassLNBank` (the official code's ``single_stage``): one key per norm layer and task, matched against
+  the first ([CLS]) token of that layer's own input, so each norm picks its task on the fly: one pass.
+
+A new task's adapter starts from the previous task's deltas; its keys start orthogonal to all earlier keys. The
+training loops are in :mod:`lntune.continual.train`, saving and loading in :mod:`lntune.continual.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from peft import PeftModel, get_peft_model
+from torch import nn
+
+from ..tuner import BASE_ADAPTER, LNTuneConfig, LNTuneLayer
+from ..tuner.layer import Routing
+from .backbone import Encoder, as_encoder
+
+__all__ = ["KEY_MODES", "BankOutput", "LNBank", "SinglePassLNBank", "orthogonal_init"]
+
+KEY_MODES = ("task", "class")
+
+
+@dataclass
+class BankOutput:
+    """Inference result: logits over the seen classes, logits over the selected task's classes only (all others
+    ``-inf`` in both), the features and the selected task of each sample."""
+
+    logits: torch.Tensor
+    task_logits: torch.Tensor
+    features: torch.Tensor
+    task_ids: torch.Tensor
+
+
+def orthogonal_init(
+    count: int, dim: int, existing: Optional[torch.Tensor], generator: torch.Generator
+) -> torch.Tensor:
+    """``count`` unit vectors orthogonal to each other and to the rows of ``existing`` (as far as ``dim`` allows).
+
+    Gram-Schmidt (applied twice, for round-off) on Gaussian draws; once ``dim`` directions are used up the remaining
+    vectors are plain random unit vectors, which is the best one can do.
+    """
+    basis = [] if existing is None or existing.numel() == 0 else list(F.normalize(existing.detach().float(), dim=-1))
+    # the earlier keys need not be orthogonal any more (they were trained): orthonormalise them first
+    ortho: list[torch.Tensor] = []
+    for v in basis:
+        for _ in range(2):
+            for b in ortho:
+                v = v - (v @ b) * b
+        if v.norm() > 1e-6:
+            ortho.append(v / v.norm())
+    out = []
+    for _ in range(count):
+        v = torch.randn(dim, generator=generator)
+        if len(ortho) < dim:
+            for _ in range(2):
+                for b in ortho:
+                    v = v - (v @ b) * b
+        v = v / v.norm()
+        out.append(v)
+        if len(ortho) < dim:
+            ortho.append(v)
+    return torch.stack(out)
+
+
+def _int_list(values: Sequence[Any], what: str) -> list[int]:
+    out = []
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"{what} must hold integer class ids, got {v!r} ({type(v).__name__}).")
+        out.append(int(v))
+    return out
+
+
+class LNBank(nn.Module):
+    """
+    A bank of per-task LN adapters on one frozen backbone, selected per sample by keys on the frozen query.
+
+    Args:
+        encoder (`nn.Module`):
+            An [`Encoder`] or a model [`as_encoder`] understands (transformers ViT/BERT, timm ViT). It is frozen; the
+            first `add_task` wraps it with peft (its norm layers become `LNTuneLayer`s).
+        num_classes (`int`):
+            Width of the classifier: all classes of all tasks, in incremental labels (task 0's classes first).
+        key_mode (`str`):
+            `"task"`: one key per task (the paper). `"class"`: one key per class, pointing at the class's task.
+        lntune_config (`Optional[LNTuneConfig]`):
+            Template for every task's adapter (default: every norm, gain and bias). Must start from zero deltas.
+        prefix (`str`):
+            Adapter names are `f"{prefix}{t}"`.
+        seed (`int`):
+            Seeds the classifier and the key initialisation (task `t` draws from `seed` and `t`).
+
+    Example:
+
+        ```py
+        >>> from lntune.continual import LNBank
+        >>> bank = LNBank(vit, num_classes=10)
+        >>> t = bank.add_task([0, 1])  # adapter "task_0" and its key
+        >>> out = bank(pixel_values=x)  # two passes: query -> task -> routed features -> logits
+        >>> out.task_ids, out.logits.argmax(-1)
+        ```
+
+    **Attributes**:
+        - **model** (`PeftModel` or `Encoder`) -- the backbone (a `PeftModel` once a task exists).
+        - **keys** (`nn.ParameterList`) -- `keys[t]` is a `(k_t, dim)` tensor: `k_t = 1` (task mode) or the number
+          of classes of task `t` (class mode).
+        - **classifier** / **aux_classifier** (`nn.Linear`) -- the inference head, and the head trained with the LNs
+          in stage 1 when stage 2 (classifier rectification) retrains `classifier` (the official code's `fake_head`).
+        - **task_classes** (`list[list[int]]`) -- the classes of each task.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        key_mode: str = "task",
+        lntune_config: Optional[LNTuneConfig] = None,
+        prefix: str = "task_",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if key_mode not in KEY_MODES:
+            raise ValueError(f"key_mode must be one of {KEY_MODES}, got {key_mode!r}.")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+        lntune_config = lntune_config if lntune_config is not None else LNTuneConfig()
+        if not lntune_config.init_weights:
+            raise ValueError("The bank's lntune_config must have init_weights=True: task 0 starts from the backbone.")
+        encoder = as_encoder(encoder)
+        encoder.requires_grad_(False)
+        self.model: nn.Module = encoder
+        self.num_classes = num_classes
+        self.key_mode = key_mode
+        self.lntune_config = lntune_config
+        self.prefix = prefix
+        self.seed = int(seed)
+        self.dim = encoder.dim
+        self.keys = nn.ParameterList()
+        self.task_classes: list[list[int]] = []
+        g = torch.Generator().manual_seed(self.seed)
+        self.classifier = nn.Linear(self.dim, num_classes)
+        nn.init.trunc_normal_(self.classifier.weight, std=0.02, generator=g)
+        nn.init.zeros_(self.classifier.bias)
+        self.aux_classifier = copy.deepcopy(self.classifier)
+        self.classifier.requires_grad_(False)
+        self.aux_classifier.requires_grad_(False)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def encoder(self) -> Encoder:
+        """The wrapped backbone (inside the peft model once a task exists)."""
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_classes)
+
+    @property
+    def device(self) -> torch.device:
+        return self.classifier.weight.device
+
+    def adapter_name(self, t: int) -> str:
+        return f"{self.prefix}{self.check_task(t)}"
+
+    def check_task(self, t: Any) -> int:
+        """`t` as an int, or a ValueError if it is not the id of an existing task."""
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or not 0 <= t < self.num_tasks:
+            raise ValueError(
+                f"Task id {t!r} is out of range: this bank has {self.num_tasks} task(s)"
+                f"{f' (0..{self.num_tasks - 1})' if self.num_tasks else ''}."
+            )
+        return int(t)
+
+    def lntune_layers(self) -> list[tuple[str, LNTuneLayer]]:
+        """(name, layer) of every adapted norm, in module (execution) order; empty before the first task."""
+        if not isinstance(self.model, PeftModel):
+            return []
+        return [(n, m) for n, m in self.model.base_model.model.named_modules() if isinstance(m, LNTuneLayer)]
+
+    def adapter_parameters(self, t: int) -> list[nn.Parameter]:
+        """The gain/bias deltas of task `t` (all norms)."""
+        name = self.adapter_name(t)
+        return [
+            store[name]
+            for _, layer in self.lntune_layers()
+            for store in (layer.lntune_weight, layer.lntune_bias)
+            if name in store
+        ]
+
+    def key_parameters(self, t: int) -> list[nn.Parameter]:
+        """The keys of task `t` (what stage 1 learns before the LNs)."""
+        return [self.keys[self.check_task(t)]]
+
+    def seen_classes(self, upto: Optional[int] = None) -> list[int]:
+        """Classes of tasks `0..upto` (default: all tasks), in task order."""
+        upto = self.num_tasks - 1 if upto is None else self.check_task(upto)
+        return [c for classes in self.task_classes[: upto + 1] for c in classes]
+
+    def validate(self) -> None:
+        """Raise a ValueError if the keys and the adapters disagree in number (or with the tasks)."""
+        adapters = 0
+        if isinstance(self.model, PeftModel):
+            adapters = sum(1 for n in self.model.peft_config if n.startswith(self.prefix))
+        keys = self._num_key_sets()
+        if not adapters == keys == self.num_tasks:
+            raise ValueError(
+                f"Inconsistent LN bank: {adapters} adapter(s), {keys} key set(s) and {self.num_tasks} task(s); each "
+                "task needs exactly one adapter and one set of keys (was it saved or edited partially?)."
+            )
+
+    def _num_key_sets(self) -> int:
+        return len(self.keys)
+
+    # ------------------------------------------------------------------ growing
+    def _check_new_classes(self, classes: Sequence[Any]) -> list[int]:
+        classes = _int_list(list(classes), "classes")
+        if not classes:
+            raise ValueError(f"Task {self.num_tasks} is empty: a task needs at least one class.")
+        bad = sorted({c for c in classes if not 0 <= c < self.num_classes})
+        if bad:
+            raise ValueError(f"Classes {bad} are outside [0, {self.num_classes}) (num_classes={self.num_classes}).")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"Task {self.num_tasks} lists a class twice: {classes}.")
+        owner = {c: t for t, cs in enumerate(self.task_classes) for c in cs}
+        repeated = sorted(c for c in classes if c in owner)
+        if repeated:
+            raise ValueError(
+                f"Classes {repeated} already belong to task {owner[repeated[0]]}; in class-incremental learning each "
+                "class belongs to exactly one task."
+            )
+        return classes
+
+    def add_task(self, classes: Sequence[int]) -> int:
+        """Add a task learning `classes` (incremental labels): a new adapter (copying the previous task's deltas)
+        and fresh keys orthogonal to the earlier ones. Returns the new task id. Everything stays frozen."""
+        classes = self._check_new_classes(classes)
+        t = self.num_tasks
+        name = f"{self.prefix}{t}"
+        config = copy.deepcopy(self.lntune_config)
+        if not isinstance(self.model, PeftModel):
+            self.model = get_peft_model(self.model, config, adapter_name=name)
+        else:
+            self.model.add_adapter(name, config)
+            previous = f"{self.prefix}{t - 1}"
+            with torch.no_grad():
+                for _, layer in self.lntune_layers():
+                    for store in (layer.lntune_weight, layer.lntune_bias):
+                        if name in store:
+                            store[name].copy_(store[previous])
+        self.task_classes.append(classes)
+        self._add_keys(t, classes)
+        self.freeze()
+        return t
+
+    def _key_generator(self, t: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * (t + 1))
+
+    def _add_keys(self, t: int, classes: list[int]) -> None:
+        count = 1 if self.key_mode == "task" else len(classes)
+        existing = torch.cat(list(self.keys)) if len(self.keys) else None
+        init = orthogonal_init(count, self.dim, existing, self._key_generator(t))
+        self.keys.append(nn.Parameter(init.to(self.device), requires_grad=False))
+
+    def freeze(self) -> None:
+        """Make everything non-trainable (the trainer enables exactly what each stage trains)."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ keys and selection
+    def key_matrix(self, upto: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """All keys of tasks `0..upto` as one `(M, dim)` matrix, and the task each row points to."""
+        upto = self.num_tasks - 1 if upto is None else self.check_task(upto)
+        keys = list(self.keys)[: upto + 1]
+        owner = torch.cat([torch.full((len(k),), t, dtype=torch.long) for t, k in enumerate(keys)])
+        return torch.cat(keys), owner.to(keys[0].device)
+
+    def select(self, queries: torch.Tensor, upto: Optional[int] = None) -> torch.Tensor:
+        """Task of each query: the owner of the key with the highest cosine similarity (tasks `0..upto`)."""
+        if self.num_tasks == 0:
+            raise ValueError("The bank has no task yet: add_task() first.")
+        self.validate()
+        keys, owner = self.key_matrix(upto)
+        sim = F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T
+        return owner[sim.argmax(dim=-1).to(owner.device)]
+
+    def key_loss(self, queries: torch.Tensor, t: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Negative mean cosine similarity between task `t`'s queries and their key (class mode: their class's key;
+        `labels` are incremental labels, all in task `t`)."""
+        keys = self.keys[self.check_task(t)]
+        if self.key_mode == "task":
+            target = keys[0].expand(queries.shape[0], -1)
+        else:
+            if labels is None:
+                raise ValueError("key_mode='class' needs the labels of the queries to learn the class keys.")
+            position = {c: i for i, c in enumerate(self.task_classes[t])}
+            try:
+                rows = [position[int(y)] for y in labels.tolist()]
+            except KeyError as e:
+                raise ValueError(f"Label {e.args[0]} is not a class of task {t} ({self.task_classes[t]}).") from None
+            target = keys[torch.tensor(rows, device=keys.device)]
+        return -F.cosine_similarity(queries.float().to(keys.device), target, dim=-1).mean()
+
+    # ------------------------------------------------------------------ forward passes
+    def _forward(self, inputs: dict[str, torch.Tensor], adapter_names: Optional[list[str]]) -> torch.Tensor:
+        if not isinstance(self.model, PeftModel):
+            return self.model(**inputs)  # no task yet: the backbone is the frozen model
+        if adapter_names is None:
+            return self.model(**inputs)
+        return self.model(**inputs, adapter_names=adapter_names)
+
+    def query(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """The frozen backbone's pooled feature (every row routed to the base model, i.e. adapters disabled)."""
+        with torch.no_grad():
+            return self._forward(inputs, [BASE_ADAPTER] * self.encoder.batch_size(inputs)).float()
+
+    def task_features(self, t: int, **inputs: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Features of a batch that all runs with task `t`'s adapter (training). The second value is an extra loss
+        term of the method (None here; the single-pass bank returns its key loss)."""
+        name = self.adapter_name(t)
+        return self._forward(inputs, [name] * self.encoder.batch_size(inputs)), None
+
+    def routed_features(self, task_ids: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        """One batched pass where row `i` runs with the adapter of task `task_ids[i]`."""
+        names = [self.adapter_name(int(t)) for t in task_ids.tolist()]
+        return self._forward(inputs, names)
+
+    def infer(
+        self, queries: Optional[torch.Tensor] = None, upto: Optional[int] = None, **inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, selected task) with the LN values inference picks: a query pass (skipped when cached
+        `queries` are given), then one routed pass."""
+        if queries is None:
+            queries = self.query(**inputs)
+        task_ids = self.select(queries, upto)
+        return self.routed_features(task_ids, **inputs), task_ids
+
+    def class_task(self) -> torch.Tensor:
+        """`class_task()[c]` is the task of class `c` (-1 for classes of no task yet)."""
+        out = torch.full((self.num_classes,), -1, dtype=torch.long)
+        for t, classes in enumerate(self.task_classes):
+            out[classes] = t
+        return out.to(self.device)
+
+    def logits(
+        self,
+        features: torch.Tensor,
+        upto: Optional[int] = None,
+        aux: bool = False,
+        task_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Classifier logits with the classes of tasks after `upto` masked to `-inf`; with `task_ids`, row `i` keeps
+        only the classes of task `task_ids[i]` (the keys pick the task, the head the class within it)."""
+        head = self.aux_classifier if aux else self.classifier
+        logits = head(features.to(head.weight.dtype))
+        upto = self.num_tasks - 1 if upto is None else self.check_task(upto)
+        owner = self.class_task().to(logits.device)
+        if task_ids is None:
+            keep = ((owner >= 0) & (owner <= upto)).unsqueeze(0)
+        else:
+            keep = owner.unsqueeze(0) == task_ids.to(logits.device).unsqueeze(1)
+        return logits.masked_fill(~keep, float("-inf"))
+
+    def forward(self, queries: Optional[torch.Tensor] = None, **inputs: torch.Tensor) -> BankOutput:
+        """Full inference on a batch of model inputs (`pixel_values=` / `input_ids=` ...)."""
+        features, task_ids = self.infer(queries=queries, **inputs)
+        return BankOutput(
+            logits=self.logits(features),
+            task_logits=self.logits(features, task_ids=task_ids),
+            features=features,
+            task_ids=task_ids,
+        )
+
+    # ------------------------------------------------------------------ state
+    def manifest(self) -> dict[str, Any]:
+        """JSON-ready description: enough to rebuild an empty bank of the same shape before loading tensors."""
+        return {
+            "class": type(self).__name__,
+            "num_classes": self.num_classes,
+            "key_mode": self.key_mode,
+            "prefix": self.prefix,
+            "seed": self.seed,
+            "dim": self.dim,
+            "task_classes": [list(c) for c in self.task_classes],
+            "lntune_config": self.lntune_config.to_dict(),
+        }
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds: every task's deltas, the keys and both heads (not the frozen backbone)."""
+        out: dict[str, torch.Tensor] = {}
+        for t in range(self.num_tasks):
+            name = self.adapter_name(t)
+            for lname, layer in self.lntune_layers():
+                for pname, store in (("weight", layer.lntune_weight), ("bias", layer.lntune_bias)):
+                    if name in store:
+                        out[f"adapters.{name}.{lname}.{pname}"] = store[name].detach()
+        out.update(self._key_tensors())
+        for head in ("classifier", "aux_classifier"):
+            for pname, p in getattr(self, head).named_parameters():
+                out[f"{head}.{pname}"] = p.detach()
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in out.items()}  # a snapshot, not views
+
+    def _key_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"keys.{t}": k.detach() for t, k in enumerate(self.keys)}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy a checkpoint's tensors into this bank (built with the same tasks); every tensor must match."""
+        expected = self.state_tensors()
+        key_sets = {k.split(".")[1] for k in tensors if k.startswith(("keys.", "layer_keys."))}
+        adapter_sets = {k.split(".")[1] for k in tensors if k.startswith("adapters.")}
+        if len(key_sets) != len(adapter_sets):
+            raise ValueError(
+                f"Inconsistent LN bank checkpoint: {len(adapter_sets)} adapter(s) but {len(key_sets)} key set(s); "
+                "each task needs exactly one adapter and one set of keys."
+            )
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        if missing or extra:
+            raise ValueError(
+                f"Checkpoint does not match the bank ({self.num_tasks} task(s)): missing {missing[:3]}"
+                f"{' ...' if len(missing) > 3 else ''}, unexpected {extra[:3]}{' ...' if len(extra) > 3 else ''}."
+            )
+        params = self._named_state_parameters()
+        with torch.no_grad():
+            for k, v in tensors.items():
+                if params[k].shape != v.shape:
+                    raise ValueError(
+                        f"Checkpoint tensor {k} has shape {list(v.shape)}, the bank {list(params[k].shape)}."
+                    )
+                params[k].copy_(v.to(params[k].device, params[k].dtype))
+
+    def _named_state_parameters(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for t in range(self.num_tasks):
+            name = self.adapter_name(t)
+            for lname, layer in self.lntune_layers():
+                for pname, store in (("weight", layer.lntune_weight), ("bias", layer.lntune_bias)):
+                    if name in store:
+                        out[f"adapters.{name}.{lname}.{pname}"] = store[name]
+        out.update({f"keys.{t}": k for t, k in enumerate(self.keys)})
+        for head in ("classifier", "aux_classifier"):
+            for pname, p in getattr(self, head).named_parameters():
+                out[f"{head}.{pname}"] = p
+        return out
+
+
+class SinglePassLNBank(LNBank):
+    """
+    The single-pass variant: every norm layer has one key per task and picks, per sample, the task whose key is
+    closest (cosine) to the first token ([CLS]) of *its own input*; one forward pass, no query pass.
+
+    Selection happens in forward pre-hooks on the `LNTuneLayer`s, which set the layer's `routing` for the duration
+    of its forward (the same `Routing` the core uses for `adapter_names`). In training (`task_features`) every layer
+    runs task `t` and the hooks return the layer keys' loss: the negative cosine similarity between `k_{l,t}` and the
+    layer's [CLS] input, averaged over layers, added to the cross-entropy as in the official code.
+
+    A norm whose input is not a `(batch, tokens, dim)` sequence (e.g. timm's per-head `q_norm`) reuses the choice of
+    the previous norm. `key_mode` must be `"task"`.
+
+    **Attributes**:
+        - **layer_keys** (`nn.ModuleList`) -- `layer_keys[t][l]` is the key of task `t` at the `l`-th adapted norm.
+        - **last_selection** (`list[torch.Tensor]`) -- per-layer task choices of the last inference pass.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, key_mode: str = "task", **kwargs: Any) -> None:
+        if key_mode != "task":
+            raise ValueError(
+                f"SinglePassLNBank keys are per layer and per task: key_mode must be 'task', got {key_mode!r}."
+            )
+        super().__init__(encoder, num_classes, key_mode="task", **kwargs)
+        self.layer_keys = nn.ModuleList()
+        self.last_selection: list[torch.Tensor] = []
+
+    def _num_key_sets(self) -> int:
+        return len(self.layer_keys)
+
+    def _add_keys(self, t: int, classes: list[int]) -> None:
+        g = self._key_generator(t)
+        keys = nn.ParameterList()
+        for i, (_, layer) in enumerate(self.lntune_layers()):
+            dim = layer.get_base_layer().weight.numel()
+            existing = torch.stack([self.layer_keys[s][i] for s in range(t)]) if t else None
+            keys.append(nn.Parameter(orthogonal_init(1, dim, existing, g)[0].to(self.device), requires_grad=False))
+        self.layer_keys.append(keys)
+
+    def key_parameters(self, t: int) -> list[nn.Parameter]:
+        return list(self.layer_keys[self.check_task(t)])
+
+    def _key_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"layer_keys.{t}.{i}": k.detach() for t, ks in enumerate(self.layer_keys) for i, k in enumerate(ks)}
+
+    def _named_state_parameters(self) -> dict[str, torch.Tensor]:
+        out = super()._named_state_parameters()
+        out = {k: v for k, v in out.items() if not k.startswith("keys.")}
+        out.update({f"layer_keys.{t}.{i}": k for t, ks in enumerate(self.layer_keys) for i, k in enumerate(ks)})
+        return out
+
+    def select(self, queries: torch.Tensor, upto: Optional[int] = None) -> torch.Tensor:
+        raise TypeError("SinglePassLNBank selects per layer inside the forward pass; use infer() instead.")
+
+    def key_loss(self, queries: torch.Tensor, t: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        raise TypeError(
+            "SinglePassLNBank learns its layer keys together with the LNs (task_features returns the loss)."
+        )
+
+    @contextmanager
+    def _selection_hooks(
+        self, train_task: Optional[int], upto: int, tokens: Optional[dict[int, torch.Tensor]] = None
+    ) -> Iterator[list[torch.Tensor]]:
+        """Register the per-layer selection hooks for one forward; yields the list the key similarities go into.
+        With `tokens` (training routing only), each sequence-shaped norm's [CLS] input is stored there, detached."""
+        layers = [layer for _, layer in self.lntune_layers()]
+        sims: list[torch.Tensor] = []
+        selection: list[torch.Tensor] = []
+        state: dict[str, Any] = {"routing": None}
+        names = [self.adapter_name(s) for s in range(upto + 1)]
+
+        def pre_hook(index: int):
+            def hook(module: LNTuneLayer, args: tuple[Any, ...]) -> None:
+                x = args[0] if args else None
+                if not torch.is_tensor(x):
+                    return
+                key_dim = self.layer_keys[0][index].numel()
+                sequence = x.dim() == 3 and x.shape[-1] == key_dim
+                if train_task is not None:
+                    if sequence and tokens is not None:
+                        tokens[index] = x[:, 0].detach().float()
+                    elif sequence:
+                        key = self.layer_keys[train_task][index]
+                        sims.append(F.cosine_similarity(x[:, 0].float(), key.unsqueeze(0), dim=-1).mean())
+                    module.routing = Routing.from_names([names[train_task]] * x.shape[0])
+                    return
+                if sequence:
+                    keys = torch.stack([self.layer_keys[s][index] for s in range(upto + 1)])
+                    tasks = (F.normalize(x[:, 0].float(), dim=-1) @ F.normalize(keys, dim=-1).T).argmax(dim=-1)
+                    selection.append(tasks)
+                    state["routing"] = Routing.from_names([names[s] for s in tasks.tolist()])
+                # a norm without a token sequence reuses the previous choice (the base model before any choice)
+                module.routing = state["routing"] or Routing.from_names([BASE_ADAPTER] * x.shape[0])
+
+            return hook
+
+        def post_hook(module: LNTuneLayer, args: tuple[Any, ...], output: Any) -> None:
+            module.routing = None
+
+        handles = []
+        for i, layer in enumerate(layers):
+            handles.append(layer.register_forward_pre_hook(pre_hook(i)))
+            handles.append(layer.register_forward_hook(post_hook))
+        try:
+            yield sims
+        finally:
+            for h in handles:
+                h.remove()
+            for layer in layers:
+                layer.routing = None
+            if train_task is None:
+                self.last_selection = selection
+
+    def task_features(self, t: int, **inputs: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        t = self.check_task(t)
+        with self._selection_hooks(train_task=t, upto=t) as sims:
+            features = self.model(**inputs)
+        key_loss = -torch.stack(sims).mean() if sims else None
+        return features, key_loss
+
+    @torch.no_grad()
+    def layer_inputs(self, t: int, **inputs: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The [CLS] input of every sequence-shaped norm (by layer index) when the batch runs with task `t`."""
+        tokens: dict[int, torch.Tensor] = {}
+        with self._selection_hooks(train_task=self.check_task(t), upto=t, tokens=tokens):
+            self.model(**inputs)
+        return tokens
+
+    def layer_key_loss(self, t: int, tokens: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Negative cosine similarity between task `t`'s layer keys and [CLS] inputs, averaged over samples and
+        layers (the same quantity `task_features` adds to the cross-entropy)."""
+        keys = self.layer_keys[self.check_task(t)]
+        sims = [F.cosine_similarity(x, keys[i].unsqueeze(0), dim=-1).mean() for i, x in tokens.items()]
+        return -torch.stack(sims).mean()
+
+    def infer(
+        self, queries: Optional[torch.Tensor] = None, upto: Optional[int] = None, **inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, task chosen by the last norm) from one pass; `queries` is ignored (there is no query pass)."""
+        if self.num_tasks == 0:
+            raise ValueError("The bank has no task yet: add_task() first.")
+        self.validate()
+        upto = self.num_tasks - 1 if upto is None else self.check_task(upto)
+        with self._selection_hooks(train_task=None, upto=upto):
+            features = self.model(**inputs)
+        return features, self.last_selection[-1]

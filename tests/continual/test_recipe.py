@@ -1,0 +1,121 @@
+# Copyright 2026 the lntune authors. Licensed under the Apache License, Version 2.0.
+"""recipes/continual/run.py end to end on a few real CIFAR-10 images with a tiny random ViT (32 x 32 inputs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+
+from ..models import SHARED_DATA
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "continual" / "run.py"
+CIFAR10 = SHARED_DATA / "cifar10"
+REQUIRED = ("final_avg_acc", "avg_inc_acc", "forgetting", "acc_matrix", "task_id_acc", "class_order", "split")
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("continual_run", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    if not CIFAR10.is_dir():
+        pytest.skip(f"shared CIFAR-10 not found at {CIFAR10}")
+    return _load_recipe()
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    config = tf.ViTConfig(
+        hidden_size=32, image_size=32, patch_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+    )
+    path = tmp_path_factory.mktemp("tiny_vit")
+    tf.ViTForImageClassification(config).save_pretrained(path)
+    return path
+
+
+def _argv(tiny_vit: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--data", str(CIFAR10), "--model", str(tiny_vit), "--tasks", "2", "--max_train_per_class", "4",
+        "--max_test_per_class", "2", "--epochs", "1", "--batch_size", "8", "--rectify_epochs", "2",
+        "--output_dir", str(out), "--no_progress", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def full_run(recipe, tiny_vit, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("full")
+    recipe.main(_argv(tiny_vit, out, "--method", "all"))
+    return out
+
+
+def test_tiny_run_writes_metrics_and_plots(full_run):
+    metrics = json.loads((full_run / "metrics.json").read_text())
+    for key in REQUIRED + ("seed", "config", "machine", "methods", "key_mode_comparison"):
+        assert key in metrics, key
+    assert metrics["method"] == "ln-bank" and len(metrics["acc_matrix"]) == 2
+    assert sorted(metrics["methods"]) == ["joint-ln", "ln-bank", "ln-bank-1pass", "nmc", "seq-ln"]
+    assert metrics["split"]["class_order"] == metrics["class_order"] and len(metrics["class_order"]) == 10
+    assert sorted(metrics["key_mode_comparison"]) == ["class", "task"]
+    assert metrics["config"]["image_size"] == 32 and metrics["config"]["epochs"] == 1
+    for name in ("ln-bank", "ln-bank-1pass", "nmc", "seq-ln"):
+        assert (full_run / f"acc_matrix_{name}.png").stat().st_size > 1000
+    assert "| ln-bank |" in (full_run / "results.md").read_text()
+    assert (full_run / "checkpoints" / "ln-bank" / "task_001" / "tensors.safetensors").is_file()
+
+
+def test_killed_run_resumes_to_identical_metrics(recipe, tiny_vit, full_run, tmp_path, monkeypatch):
+    out = tmp_path / "killed"
+    monkeypatch.setenv(recipe.FAIL_ENV, "ln-bank-1pass:0")
+    with pytest.raises(recipe.SimulatedFailure):
+        recipe.main(_argv(tiny_vit, out, "--method", "all"))
+    assert not (out / "metrics.json").exists()
+    monkeypatch.delenv(recipe.FAIL_ENV)
+    recipe.main(_argv(tiny_vit, out, "--method", "all", "--resume"))
+    assert (out / "metrics.json").read_bytes() == (full_run / "metrics.json").read_bytes()
+
+
+def test_image_folder_without_images(recipe, tiny_vit, tmp_path):
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+    argv = _argv(tiny_vit, tmp_path / "out") + ["--data", str(tmp_path / "data")]
+    with pytest.raises(FileNotFoundError, match="No images"):
+        recipe.main(argv)
+
+
+def test_more_tasks_than_classes(recipe, tiny_vit, tmp_path):
+    with pytest.raises(ValueError, match="more than the 10 classes"):
+        recipe.main(_argv(tiny_vit, tmp_path / "out") + ["--tasks", "20"])
+
+
+def test_bad_flags_and_configs(recipe, tiny_vit, tmp_path):
+    with pytest.raises(ValueError, match="Unknown --method"):
+        recipe.main(_argv(tiny_vit, tmp_path / "out", "--method", "ewc"))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"epochz": 3}))
+    with pytest.raises(ValueError, match="unknown keys \\['epochz'\\]"):
+        recipe.main(["--config", str(bad)])
+    with pytest.raises(ValueError, match="Config 'nope' not found"):
+        recipe.main(["--config", "nope"])
+
+
+def test_config_fields_parse_with_their_types(recipe):
+    args = recipe.parse_args(["--key_epochs", "7", "--prediction", "seen", "--rectify", "0", "--lr", "0.1"])
+    config = recipe.continual_config(args)
+    assert (config.key_epochs, config.prediction, config.rectify, config.lr) == (7, "seen", False, 0.1)
+
+
+def test_shipped_configs_parse(recipe):
+    for path in sorted((RECIPE.parent / "configs").glob("*.json")):
+        args = recipe.parse_args(["--config", path.stem])
+        assert args.tasks >= 2 and args.modality in ("image", "text"), path.name
