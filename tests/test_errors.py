@@ -152,3 +152,14 @@ def test_saved_adapter_has_normal_file_permissions(tmp_path):
     get_peft_model(base, LNTuneConfig(task_type="SEQ_CLS")).save_pretrained(tmp_path)
     mode = (tmp_path / "adapter_model.safetensors").stat().st_mode & 0o777
     assert mode == (tmp_path / "adapter_config.json").stat().st_mode & 0o777
+
+
+def test_mixed_batch_trains_each_adapter_on_its_rows():
+    model, batch_fn = _two_adapters()
+    model.train()
+    model.set_requires_grad(["a", "b"], True)
+    out = model(**batch_fn(4), adapter_names=["a", "a", "b", "__base__"]).logits
+    out.sum().backward()
+    layer = model.base_model.model.bert.encoder.layer[0].output.LayerNorm
+    assert layer.lntune_weight["a"].grad is not None and layer.lntune_weight["a"].grad.abs().sum() > 0
+    assert layer.lntune_weight["b"].grad is not None and layer.lntune_weight["b"].grad.abs().sum() > 0

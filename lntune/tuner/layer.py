@@ -218,7 +218,7 @@ class LNTuneLayer(nn.Module, BaseTunerLayer):
                 ys = self._adapted_forward(xs, [name], *args, **kwargs)
             if out is None:
                 out = ys.new_empty((x.shape[0], *ys.shape[1:]))
-            out = out.index_copy(0, rows, ys)
+            out.index_copy_(0, rows, ys)  # in place: one output buffer for all groups (autograd tracks it)
         return out
 
     # ------------------------------------------------------------------ merging
