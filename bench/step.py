@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ("full", "lntune", "peft-ln", "lora")
+METHODS = ("full", "ln-floor", "lntune", "peft-ln", "lora")
 
 
 def build(method: str):
@@ -36,6 +36,12 @@ def build(method: str):
 
     model = tf.AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
     if method == "full":
+        return model
+    if method == "ln-floor":
+        # the floor for any LN method: the plain model with only its norm parameters and head requiring grad
+        norm_params = {id(p) for info in lntune.find_norms(model) for p in info.module.parameters()}
+        for name, p in model.named_parameters():
+            p.requires_grad = id(p) in norm_params or name.startswith("classifier.")
         return model
     if method == "lntune":
         return get_peft_model(model, lntune.LNTuneConfig(task_type="SEQ_CLS"))
@@ -87,7 +93,7 @@ def run_one(method: str, batch_size: int, seq_len: int, steps: int) -> dict:
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     adapter_kb = None
-    if method != "full":
+    if method not in ("full", "ln-floor"):
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp)
             adapter_kb = (Path(tmp) / "adapter_model.safetensors").stat().st_size / 1024
