@@ -32,6 +32,7 @@ from torch import nn
 from ..tuner import BASE_ADAPTER, LNTuneConfig, LNTuneLayer
 from ..tuner.layer import Routing
 from .backbone import Encoder, as_encoder
+from .splits import _as_int_list
 
 __all__ = ["KEY_MODES", "BankOutput", "LNBank", "SinglePassLNBank", "orthogonal_init"]
 
@@ -78,15 +79,6 @@ def orthogonal_init(
         if len(ortho) < dim:
             ortho.append(v)
     return torch.stack(out)
-
-
-def _int_list(values: Sequence[Any], what: str) -> list[int]:
-    out = []
-    for v in values:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"{what} must hold integer class ids, got {v!r} ({type(v).__name__}).")
-        out.append(int(v))
-    return out
 
 
 class LNBank(nn.Module):
@@ -231,7 +223,7 @@ class LNBank(nn.Module):
 
     # ------------------------------------------------------------------ growing
     def _check_new_classes(self, classes: Sequence[Any]) -> list[int]:
-        classes = _int_list(list(classes), "classes")
+        classes = _as_int_list(list(classes), "classes")
         if not classes:
             raise ValueError(f"Task {self.num_tasks} is empty: a task needs at least one class.")
         bad = sorted({c for c in classes if not 0 <= c < self.num_classes})
