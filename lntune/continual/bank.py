@@ -396,21 +396,8 @@ class LNBank(nn.Module):
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """What a checkpoint holds: every task's deltas, the keys and both heads (not the frozen backbone)."""
-        out: dict[str, torch.Tensor] = {}
-        for t in range(self.num_tasks):
-            name = self.adapter_name(t)
-            for lname, layer in self.lntune_layers():
-                for pname, store in (("weight", layer.lntune_weight), ("bias", layer.lntune_bias)):
-                    if name in store:
-                        out[f"adapters.{name}.{lname}.{pname}"] = store[name].detach()
-        out.update(self._key_tensors())
-        for head in ("classifier", "aux_classifier"):
-            for pname, p in getattr(self, head).named_parameters():
-                out[f"{head}.{pname}"] = p.detach()
-        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in out.items()}  # a snapshot, not views
-
-    def _key_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"keys.{t}": k.detach() for t, k in enumerate(self.keys)}
+        # a snapshot on the CPU, not views of the live parameters
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self._named_state_parameters().items()}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy a checkpoint's tensors into this bank (built with the same tasks); every tensor must match."""
@@ -494,9 +481,6 @@ class SinglePassLNBank(LNBank):
 
     def key_parameters(self, t: int) -> list[nn.Parameter]:
         return list(self.layer_keys[self.check_task(t)])
-
-    def _key_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"layer_keys.{t}.{i}": k.detach() for t, ks in enumerate(self.layer_keys) for i, k in enumerate(ks)}
 
     def _named_state_parameters(self) -> dict[str, torch.Tensor]:
         out = super()._named_state_parameters()

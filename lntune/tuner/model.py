@@ -187,13 +187,6 @@ class LNTuneModel(BaseTuner):
         setattr(parent, child_name, new_module)
 
     # ------------------------------------------------------------------ mixed batches
-    def adapter_names_available(self) -> set[str]:
-        names: set[str] = set()
-        for module in self.model.modules():
-            if isinstance(module, LNTuneLayer):
-                names.update(module.lntune_weight.keys(), module.lntune_bias.keys())
-        return names
-
     @contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any):
         """With `adapter_names=[...]`, row i of the batch runs with adapter `adapter_names[i]` ("__base__": none)."""
@@ -203,11 +196,13 @@ class LNTuneModel(BaseTuner):
             return
         if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
             raise TypeError("adapter_names must be a list of adapter names (str), one per sample of the batch.")
-        unknown = sorted(set(adapter_names) - self.adapter_names_available() - {BASE_ADAPTER})
+        layers = [m for m in self.model.modules() if isinstance(m, LNTuneLayer)]  # one walk per routed forward
+        available = {name for layer in layers for name in (*layer.lntune_weight.keys(), *layer.lntune_bias.keys())}
+        unknown = sorted(set(adapter_names) - available - {BASE_ADAPTER})
         if unknown:
             raise ValueError(
                 f"Unknown adapter name(s) {unknown} in adapter_names; available: "
-                f"{sorted(self.adapter_names_available())} (or '{BASE_ADAPTER}' for the base model)."
+                f"{sorted(available)} (or '{BASE_ADAPTER}' for the base model)."
             )
         for key in ("input_ids", "pixel_values", "inputs_embeds"):
             value = kwargs.get(key, args[0] if args and key == "input_ids" else None)
@@ -221,7 +216,6 @@ class LNTuneModel(BaseTuner):
                 "adapter_names cannot be combined with gradient checkpointing in training: the recomputed forward "
                 "would not see the routing. Disable gradient checkpointing for mixed-batch training."
             )
-        layers = [m for m in self.model.modules() if isinstance(m, LNTuneLayer)]
         merged = [m.module_name for m in layers if m.merged]
         if merged:
             raise ValueError(
