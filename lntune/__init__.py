@@ -5,7 +5,7 @@
 `PeftModel.from_pretrained` and `PeftConfig.from_pretrained` work as for any built-in method.
 """
 
-from .fisher import FisherScores, fisher_scores, select_by_fisher, summarize_selection, top_modules
+from .fisher import FisherScores, fisher_scores, select_by_fisher, summarize_selection, top_modules, warm_up_head
 from .fisher.callback import FisherSelectionCallback, swap_optimizer_params
 from .norms import ROLES, NormInfo, find_norms, is_norm, norm_role
 from .tuner import BASE_ADAPTER, PEFT_TYPE, PRESETS, LNTuneConfig, LNTuneLayer, LNTuneModel
@@ -31,4 +31,5 @@ __all__ = [
     "summarize_selection",
     "swap_optimizer_params",
     "top_modules",
+    "warm_up_head",
 ]

@@ -121,6 +121,21 @@ def test_method_smoke(tiny_bert: Path, tmp_path: Path, method: str) -> None:
         assert on_disk["trainable_params"] == _expected_trainable(method, spec.num_labels)
     if run_glue.METHODS[method].is_peft:
         assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "adapter_model.safetensors").exists()
+    if method == "lntune-fisher":
+        assert on_disk["fisher_warmup"]["steps"] == 100  # the head trains alone before scoring (default)
+
+
+@pytest.mark.parametrize("extra", [["--fisher_warmup_steps", "0"], ["--fisher_normalize", "kind"]])
+def test_fisher_options(tiny_bert: Path, tmp_path: Path, extra: list[str]) -> None:
+    results = run_glue.main(_argv(tiny_bert, "stsb", "lntune-fisher", None, *extra))
+    assert ("fisher_warmup" in results) == (extra[0] != "--fisher_warmup_steps")
+    assert results["trainable_params"] == _expected_trainable("lntune-fisher", 1)
+
+
+def test_negative_fisher_warmup_is_an_argparse_error(tiny_bert: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        run_glue.main(_argv(tiny_bert, "rte", "lntune-fisher", None, "--fisher_warmup_steps", "-1"))
+    assert "--fisher_warmup_steps must be >= 0" in capsys.readouterr().err
 
 
 def test_trainable_params_ordering(tiny_bert: Path) -> None:

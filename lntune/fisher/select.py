@@ -19,6 +19,7 @@ import torch
 from lntune.norms import norm_role
 
 GRANULARITIES = ("scalar", "module")
+NORMALIZATIONS = ("none", "kind")
 _PARAM_NAMES = ("weight", "bias")
 _LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
@@ -47,6 +48,16 @@ def _flatten(scores: Mapping, params: Sequence[str]) -> list[tuple[str, str, np.
     if not entries or sum(v.size for _, _, v in entries) == 0:
         raise ValueError(f"select_by_fisher: the scores hold no {'/'.join(params)} scalars to select from")
     return entries
+
+
+def _normalize_per_kind(entries: list[tuple[str, str, np.ndarray]]) -> list[tuple[str, str, np.ndarray]]:
+    """Divide each kind's (weight / bias) scores by that kind's mean score; an all-zero kind stays zero."""
+    means = {}
+    for kind in _PARAM_NAMES:
+        values = [v for _, pname, v in entries if pname == kind]
+        if values:
+            means[kind] = float(np.concatenate(values).mean())
+    return [(name, pname, v / means[pname] if means[pname] > 0 else v) for name, pname, v in entries]
 
 
 def _budget(fraction: float | None, count: int | None, total: int) -> int:
@@ -96,6 +107,7 @@ def select_by_fisher(
     count: int | None = None,
     granularity: str = "scalar",
     params: Sequence[str] = _PARAM_NAMES,
+    normalize: str = "none",
 ) -> dict[str, dict[str, list[int]]]:
     """Indices of the norm scalars to tune, chosen by diagonal Fisher score.
 
@@ -106,10 +118,19 @@ def select_by_fisher(
 
     Returns ``{norm name: {"weight": sorted indices, "bias": sorted indices}}`` with only the norms that got at least
     one scalar, and for those a key for every allowed param kind the norm has (possibly an empty list); JSON-ready.
+
+    ``normalize="kind"`` divides every score by the mean score of its kind (all gains, all biases) before ranking.
+    Raw bias scores are typically several times larger than gain scores (a bias gradient is the sum of the output
+    gradients, a gain's is weighted by the normalised input), so a raw ranking picks mostly biases; per-kind
+    normalisation lets gains and biases compete on their relative importance instead.
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     entries = _flatten(scores, params)
+    if normalize == "kind":
+        entries = _normalize_per_kind(entries)
     total = sum(values.size for _, _, values in entries)
     budget = _budget(fraction, count, total)
     chosen: dict[tuple[str, str], np.ndarray] = {}
@@ -124,11 +145,14 @@ def select_by_fisher(
                 chosen[(name, pname)] = np.sort(picked)
     else:
         sizes: dict[str, int] = {}
+        sums: dict[str, float] = {}
         for name, _, values in entries:
             sizes[name] = sizes.get(name, 0) + values.size
+            sums[name] = sums.get(name, 0.0) + float(values.sum())
+        means = {name: sums[name] / sizes[name] if sizes[name] else 0.0 for name in sizes}
         covered = 0
         picked_modules = set()
-        for name, _ in sorted(module_scores(scores, params).items(), key=lambda item: -item[1]):
+        for name, _ in sorted(means.items(), key=lambda item: -item[1]):
             if covered >= budget:
                 break
             picked_modules.add(name)

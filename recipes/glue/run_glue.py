@@ -110,13 +110,27 @@ def build_lntune_output(model: nn.Module, ctx: BuildContext) -> nn.Module:
 
 def build_lntune_fisher(model: nn.Module, ctx: BuildContext) -> nn.Module:
     """LayerNorm tuning of the norm scalars with the largest diagonal Fisher on the training set, plus the head."""
-    from lntune.fisher import fisher_scores, select_by_fisher
+    from lntune.fisher import fisher_scores, select_by_fisher, warm_up_head
 
     args, accelerator = ctx.args, ctx.accelerator
     # fixed order, the same on every process: fisher_scores shards the batches itself and all-reduces the sums
     loader = DataLoader(ctx.train_dataset, batch_size=args.per_device_train_batch_size, collate_fn=ctx.collator)
     model.to(accelerator.device)
     start = time.perf_counter()
+    if args.fisher_warmup_steps > 0:
+        # score through a head that has seen the task, not a random one (every process takes the same steps; DDP
+        # then broadcasts rank 0's weights anyway); the warmed-up head is where training starts
+        stats = warm_up_head(
+            model,
+            loader,
+            steps=args.fisher_warmup_steps,
+            learning_rate=args.learning_rate,
+            progress=accelerator.is_local_main_process,
+        )
+        ctx.info["fisher_warmup"] = stats
+        logger.info(
+            f"head warm-up: {stats['steps']:.0f} steps, loss {stats['first_loss']:.4f} -> {stats['last_loss']:.4f}"
+        )
     scores = fisher_scores(
         model,
         loader,
@@ -126,7 +140,7 @@ def build_lntune_fisher(model: nn.Module, ctx: BuildContext) -> nn.Module:
         progress=accelerator.is_local_main_process,
         seed=args.seed,
     )
-    mask = select_by_fisher(scores, fraction=args.fisher_fraction)
+    mask = select_by_fisher(scores, fraction=args.fisher_fraction, normalize=args.fisher_normalize)
     ctx.info["fisher_time_s"] = time.perf_counter() - start
     ctx.info["fisher_num_samples"] = scores.num_samples
     ctx.info["fisher_selected"] = sum(len(idx) for per in mask.values() for idx in per.values())
@@ -252,6 +266,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=str, default=None, help="Where to save the model/adapter and results.")
     parser.add_argument("--fisher_fraction", type=float, default=0.2, help="lntune-fisher: share of norm scalars.")
     parser.add_argument("--fisher_samples", type=int, default=1024, help="lntune-fisher: training samples to score.")
+    parser.add_argument(
+        "--fisher_warmup_steps",
+        type=int,
+        default=100,
+        help="lntune-fisher: train the new head alone for this many steps before scoring (0: score the random head).",
+    )
+    parser.add_argument(
+        "--fisher_normalize",
+        choices=["none", "kind"],
+        default="none",
+        help="lntune-fisher: 'kind' ranks gains and biases each relative to their own mean score.",
+    )
     parser.add_argument("--cpu", action="store_true", help="Run on CPU even if an accelerator is available.")
     parser.add_argument("--no_save_model", action="store_true", help="Write all_results.json but no weights.")
     args = parser.parse_args(argv)
@@ -268,6 +294,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
     if not 0.0 <= args.warmup_ratio < 1.0:
         parser.error(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio}")
+    if args.fisher_warmup_steps < 0:
+        parser.error(f"--fisher_warmup_steps must be >= 0, got {args.fisher_warmup_steps}")
     if not 0.0 < args.fisher_fraction <= 1.0:
         parser.error(f"--fisher_fraction must be in (0, 1], got {args.fisher_fraction}")
     if args.learning_rate is None:

@@ -186,3 +186,21 @@ def test_plot_cli_on_minilm_and_sst2(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "scored 13 norms" in text and "on 16 samples" in text
     assert "finding 'output LayerNorm matters most'" in text and "attention" in text
     assert "of 9984 norm scalars" in text
+
+
+def test_per_kind_normalisation_balances_gains_and_biases():
+    # biases score 10x the gains: a raw ranking takes only biases, a per-kind one takes both kinds
+    g = torch.Generator().manual_seed(1)
+    raw = {name: {"weight": torch.rand(50, generator=g), "bias": 10 * torch.rand(50, generator=g)} for name in NAMES}
+    scores = FisherScores(raw, 8, {n: "output" for n in NAMES})
+    plain = select_by_fisher(scores, fraction=0.2)
+    balanced = select_by_fisher(scores, fraction=0.2, normalize="kind")
+    count = lambda mask, kind: sum(len(per.get(kind, [])) for per in mask.values())  # noqa: E731
+    assert count(plain, "weight") == 0 and count(plain, "bias") == 100
+    assert count(balanced, "weight") + count(balanced, "bias") == 100
+    assert 30 <= count(balanced, "weight") <= 70
+    # same budget and deterministic; module granularity ranks by the normalised means too
+    assert balanced == select_by_fisher(scores, fraction=0.2, normalize="kind")
+    assert select_by_fisher(scores, fraction=0.2, granularity="module", normalize="kind")
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        select_by_fisher(scores, normalize="rank")
