@@ -237,6 +237,15 @@ def test_sweep_writes_json_and_markdown(tiny_bert: Path, tmp_path: Path) -> None
     # resumable: a second call skips both runs (it would fail if it re-ran: the data dir is gone)
     argv[argv.index("--data_dir") + 1] = str(tmp_path / "gone")
     assert sweep.main(argv) == 0
+    # --report_only tabulates what exists and runs nothing; a cell short of the requested seeds says so
+    argv[argv.index("--seeds") + 1] = "2"
+    argv[argv.index("--out") + 1] = str(tmp_path / "report")
+    at = argv.index("--run_args")
+    argv[at:at] = ["--report_only", "--runs_dir", str(tmp_path / "tmp" / "glue_tiny")]
+    assert sweep.main(argv) == 0
+    report = json.loads((tmp_path / "report" / "glue_tiny.json").read_text())
+    assert len(report["runs"]) == 2 and not report["failures"]
+    assert "(n=1)" in (tmp_path / "report" / "glue_tiny.md").read_text()
 
 
 def test_torchrun_two_processes(tiny_bert: Path, tmp_path: Path) -> None:

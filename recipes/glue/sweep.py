@@ -74,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep_checkpoints", action="store_true", help="Keep model weights of every run.")
     parser.add_argument("--cpu", action="store_true", help="Pass --cpu to every run.")
     parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="Run nothing: tabulate the runs already in --runs_dir (e.g. after several sweeps in parallel).",
+    )
+    parser.add_argument(
         "--run_args", nargs=argparse.REMAINDER, default=[], help="Everything after this goes to run_glue.py as is."
     )
     args = parser.parse_args(argv)
@@ -145,14 +150,18 @@ def machine() -> str:
 # Tables
 
 
-def _fmt(values: list[float]) -> str:
-    """Mean ± std (x100) of a cell; just the mean for one seed; "n/a" if every value is missing."""
+def _fmt(values: list[float], expected: int = 1) -> str:
+    """Mean ± std (x100) of a cell; just the mean for one seed; "n/a" if every value is missing.
+
+    A cell with fewer runs than the ``expected`` seeds says how many it has, e.g. "71.2 ± 0.4 (n=2)".
+    """
     values = [100 * v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return "n/a"
+    short = f" (n={len(values)})" if len(values) < expected else ""
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.1f}{short}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}{short}"
 
 
 def _params(n: int) -> str:
@@ -185,7 +194,7 @@ def _mean(values: list[float | None]) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def markdown_table(summary: dict[str, dict[str, Any]], tasks: list[str], which: str = "best") -> str:
+def markdown_table(summary: dict[str, dict[str, Any]], tasks: list[str], which: str = "best", seeds: int = 1) -> str:
     """Markdown table: one row per method, one column per task (primary metric x100), average, params, time."""
     header = ["Method", "Trainable params", "LR"]
     header += [f"{TASK_LABELS.get(t, t)} ({METRIC_LABELS[run_glue.PRIMARY_METRIC[t]]})" for t in tasks]
@@ -216,7 +225,7 @@ def markdown_table(summary: dict[str, dict[str, Any]], tasks: list[str], which: 
         else:
             seconds = [s for t in tasks for s in cell["time"][t]]
             time_text = f"{statistics.mean(seconds):.1f}s" if seconds else "n/a"
-        row = [method, params_text, lr] + [_fmt(cell[which][t]) for t in tasks] + [avg, gap, time_text]
+        row = [method, params_text, lr] + [_fmt(cell[which][t], seeds) for t in tasks] + [avg, gap, time_text]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -255,10 +264,10 @@ def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], failures:
         "",
         "## Best epoch",
         "",
-        markdown_table(summary, args.tasks, "best"),
+        markdown_table(summary, args.tasks, "best", args.seeds),
         "## Last epoch",
         "",
-        markdown_table(summary, args.tasks, "last"),
+        markdown_table(summary, args.tasks, "last", args.seeds),
     ]
     if failures:
         text += ["## Failed runs", ""] + [
@@ -367,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
                 if results_file.exists():
                     logger.info(f"skip {task}/{method}/seed{seed}: {results_file} exists")
                     runs.append(json.loads(results_file.read_text()))
+                    continue
+                if args.report_only:
+                    logger.info(f"missing {task}/{method}/seed{seed}: no {results_file} (--report_only runs nothing)")
                     continue
                 logger.info(f"run {task}/{method}/seed{seed}")
                 start = time.perf_counter()
