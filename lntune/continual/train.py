@@ -19,13 +19,21 @@ learning, stage 2 and evaluation all read it. Baselines: ``nmc`` (nearest class 
 once: the upper bound). :data:`METHODS` maps each method name to its runner; every runner checkpoints after each task
 (:mod:`lntune.continual.checkpoint`) and resumes from the latest checkpoint, reseeding per task so that a resumed run
 ends exactly where an uninterrupted one does.
+
+Several processes (``RunContext.accelerator``, e.g. under ``accelerate launch`` or ``torchrun``): every process holds
+the whole bank and runs the same steps. Frozen passes (queries, stage-2 and layer-key inputs, evaluation) split their
+batches round-robin over the processes (each batch as one process would form it) and all-gather the rows back into
+order, so every process ends up with the same full tensors; key learning, stage 2, the layer keys and the metrics then
+run on every process from those tensors, and rank 0 broadcasts what each stage trained. Stage 1 splits every batch
+of the (same on all processes) shuffled order over the processes and sums their gradients, weighted by their share
+of the batch: the global batch and its mean loss are those of one process. Only rank 0 writes checkpoints.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +41,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -294,6 +303,9 @@ class RunContext:
 
     `make_encoder()` must return a new copy of the same frozen backbone each call (each method adapts its own).
     `after_task(method, t)` runs after each task's checkpoint (tests raise there to simulate a killed run).
+    `accelerator`: an `accelerate.Accelerator` (anything with `process_index` and `num_processes`) whose processes
+    share the work through an initialised `torch.distributed` group; every process must run the same calls with the
+    same context. `None`: one process.
     """
 
     stream: TaskStream
@@ -307,8 +319,21 @@ class RunContext:
     after_task: Optional[Callable[[str, int], None]] = None
     log: Callable[[str], None] = print
     progress: bool = True
+    accelerator: Optional[Any] = None
     timings: dict[str, Any] = field(default_factory=dict)
     _cache: Optional[QueryCache] = None
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.accelerator is None else int(self.accelerator.process_index)
+
+    @property
+    def world(self) -> int:
+        return 1 if self.accelerator is None else int(self.accelerator.num_processes)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
     @property
     def cache(self) -> QueryCache:
@@ -331,9 +356,149 @@ def _seed(config: ContinualConfig, t: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(value)
 
 
+# ---------------------------------------------------------------------------------------------------------- processes
+def _positions(n: int, batch_size: int, rank: int, world: int) -> np.ndarray:
+    """Positions (in `0..n-1`) of the batches of `batch_size` that process `rank` of `world` computes: batches
+    `rank, rank + world, ...` in order, each as one process forms it (only the last batch is short, and it stays the
+    last of its process), so a batched pass gives every row the same values whatever the number of processes."""
+    if world == 1:
+        return np.arange(n)
+    starts = range(rank * batch_size, n, world * batch_size)
+    return np.concatenate([np.arange(s, min(s + batch_size, n)) for s in starts] or [np.zeros(0, dtype=np.int64)])
+
+
+def _comm_device(ctx: RunContext) -> torch.device:
+    return ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _gather_rows(ctx: RunContext, local: dict[Any, torch.Tensor], n: int, batch_size: int) -> dict[Any, torch.Tensor]:
+    """All-gather what each process computed for its `_positions(n, batch_size, ...)` (`local[k]`: its rows in that
+    order) and put the rows back in the order `0..n-1`: every process gets the same full tensors, on `ctx.device`."""
+    if ctx.world == 1 or n == 0:
+        return local
+    specs: list[Any] = [None] * ctx.world
+    dist.all_gather_object(specs, [(k, tuple(v.shape[1:]), v.dtype) for k, v in local.items()])
+    spec: dict[Any, tuple[tuple[int, ...], torch.dtype]] = {}
+    for entries in specs:  # a process that ran no batch may not know every key
+        for k, shape, dtype in entries:
+            spec.setdefault(k, (shape, dtype))
+    counts = [len(_positions(n, batch_size, r, ctx.world)) for r in range(ctx.world)]
+    device = _comm_device(ctx)
+    out = {}
+    for k, (shape, dtype) in spec.items():
+        buf = torch.zeros((max(counts), *shape), dtype=dtype, device=device)
+        if k in local:
+            buf[: len(local[k])] = local[k].to(device)
+        parts = [torch.empty_like(buf) for _ in range(ctx.world)]
+        dist.all_gather(parts, buf)
+        pieces = []
+        for i, start in enumerate(range(0, n, batch_size)):  # batch i is the (i // world)-th of process i % world
+            first = (i // ctx.world) * batch_size
+            pieces.append(parts[i % ctx.world][first : first + min(batch_size, n - start)])
+        out[k] = torch.cat(pieces).to(ctx.device)
+    return out
+
+
+def _all_reduce_sum(ctx: RunContext, values: list[float]) -> list[float]:
+    """Sums of `values` over the processes (the values themselves with one process)."""
+    if ctx.world == 1:
+        return values
+    flat = torch.tensor(values, dtype=torch.float64, device=_comm_device(ctx))
+    dist.all_reduce(flat)
+    return flat.tolist()
+
+
+def _all_reduce_grads(ctx: RunContext, params: list[nn.Parameter]) -> None:
+    """Sum the gradients of `params` over the processes; a parameter no process gave a gradient keeps `None`."""
+    device = _comm_device(ctx)
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
+    has = torch.tensor([float(p.grad is not None) for p in params], device=device)
+    flat = torch.cat([g.reshape(-1).to(device, torch.float32) for g in grads] + [has])
+    dist.all_reduce(flat)
+    offset = 0
+    for p, present in zip(params, flat[-len(params) :].tolist()):
+        chunk = flat[offset : offset + p.numel()]
+        offset += p.numel()
+        p.grad = chunk.view_as(p).to(p.device, p.dtype).clone() if present > 0 else None
+
+
+def _broadcast_params(ctx: RunContext, params: list[nn.Parameter]) -> None:
+    """Give every process rank 0's values of `params` (what a stage trained stays identical on all processes)."""
+    if ctx.world == 1 or not params:
+        return
+    flat = torch.cat([p.detach().reshape(-1).to(_comm_device(ctx), torch.float32) for p in params])
+    dist.broadcast(flat, src=0)
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            p.copy_(flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+
+def _broadcast_object(ctx: RunContext, obj: Any) -> Any:
+    """Rank 0's `obj` on every process (picklable objects)."""
+    if ctx.world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier(ctx: RunContext) -> None:
+    if ctx.world > 1:
+        dist.barrier()
+
+
+def _shuffled_batches(n: int, batch_size: int, num_workers: int, generator: torch.Generator) -> list[np.ndarray]:
+    """The batches (positions in `0..n-1`) that one process's stage-1 loop draws from `generator`: the same shuffled
+    `DataLoader`, iterated through the same tqdm, so the order is the same and `generator` ends in the same state.
+    (tqdm.auto's bar calls `iter()` on the loader once more, which draws a seed, and with workers prefetches a
+    permutation, from `generator`; drawing the order any other way would change it.)"""
+    loader = DataLoader(
+        range(n),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=num_workers,
+        collate_fn=np.asarray,
+    )
+    return list(tqdm(loader, disable=True))
+
+
+def _train_batches(
+    ctx: RunContext, rows: np.ndarray, generator: torch.Generator, desc: str
+) -> Iterator[tuple[int, Optional[torch.Tensor], Optional[dict[str, torch.Tensor]]]]:
+    """Stage-1 batches of `rows` in a shuffled order drawn from `generator`, with a progress bar: an iterator of
+    `(batch size, rows of this process, its inputs)`. Several processes: every process draws the same order and takes
+    every `world`-th sample of each batch (`None, None` when a short batch leaves it none)."""
+    cfg = ctx.config
+    if ctx.world == 1:
+        loader = _loader(ctx.stream, "train", rows, cfg.batch_size, cfg.num_workers, generator)
+        bar = tqdm(loader, desc=desc, leave=False, disable=not ctx.progress)
+        return ((len(idx), idx, inputs) for idx, inputs in bar)
+    batches = _shuffled_batches(len(rows), cfg.batch_size, cfg.num_workers, generator)
+    mine = [b[ctx.rank :: ctx.world] for b in batches]
+    loader = DataLoader(
+        _Rows(ctx.stream.train, rows),
+        batch_sampler=[m.tolist() for m in mine if len(m)],
+        num_workers=cfg.num_workers,
+        collate_fn=_Collate(ctx.stream.collate),
+        generator=torch.Generator(),  # its seed draw must not touch the global RNG (as one process's loader)
+    )
+
+    def steps() -> Iterator[tuple[int, Optional[torch.Tensor], Optional[dict[str, torch.Tensor]]]]:
+        it = iter(loader)
+        for batch, m in zip(batches, mine):
+            yield (len(batch), *next(it)) if len(m) else (len(batch), None, None)
+
+    return iter(tqdm(steps(), desc=desc, total=len(batches), leave=False, disable=not ctx.progress))
+
+
 class QueryCache:
     """Frozen queries of every sample, computed once on first use (`enabled=False`: recomputed at every call, for
-    benchmarking). Queries come from an un-adapted copy of the backbone, in eval mode."""
+    benchmarking). Queries come from an un-adapted copy of the backbone, in eval mode. Several processes: each
+    computes its share of the batches and every process holds all queries (so every process must make the same calls).
+    `computed` counts the queries computed by all processes together."""
 
     def __init__(self, ctx: RunContext, enabled: bool = True) -> None:
         self.ctx = ctx
@@ -349,14 +514,16 @@ class QueryCache:
 
     @torch.no_grad()
     def _compute(self, which: str, rows: np.ndarray) -> torch.Tensor:
-        bank = self._query_bank()
+        ctx, bank = self.ctx, self._query_bank()
         out = []
-        loader = _loader(self.ctx.stream, which, rows, self.ctx.config.eval_batch_size, self.ctx.config.num_workers)
-        for _, inputs in loader:
-            with self.ctx.autocast():
-                out.append(bank.query(**_to(inputs, self.ctx.device)).float())
+        size = ctx.config.eval_batch_size
+        mine = rows[_positions(len(rows), size, ctx.rank, ctx.world)]
+        for _, inputs in _loader(ctx.stream, which, mine, size, ctx.config.num_workers):
+            with ctx.autocast():
+                out.append(bank.query(**_to(inputs, ctx.device)).float())
         self.computed += len(rows)
-        return torch.cat(out) if out else torch.zeros(0, bank.dim, device=self.ctx.device)
+        local = torch.cat(out) if out else torch.zeros(0, bank.dim, device=ctx.device)
+        return _gather_rows(ctx, {"queries": local}, len(rows), size)["queries"]
 
     def get(self, which: str, rows: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Queries of `rows` of `which` ("train"/"test"), as a `(len(rows), dim)` float tensor on the device.
@@ -418,6 +585,7 @@ def learn_keys(bank: LNBank, t: int, ctx: RunContext, generator: torch.Generator
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    _broadcast_params(ctx, params)  # every process ran the same steps on the same queries: guard against drift
     with torch.no_grad():
         sim = -float(bank.key_loss(ctx.cache.get("train", rows), t, labels))
     _done(bank)
@@ -439,6 +607,7 @@ def train_task_lns(
 
     `aux_head=True` trains the auxiliary head (classifier rectification retrains the real one in stage 2). A bank
     whose `task_features` returns a key loss (single-pass) adds it, so its layer keys learn here too (at `key_lr`).
+    Several processes split every batch and sum their gradients, each weighted by its share of the batch.
     """
     cfg = ctx.config
     adapter_task = t if adapter_task is None else adapter_task
@@ -448,29 +617,35 @@ def train_task_lns(
     if isinstance(bank, SinglePassLNBank):  # its layer keys learn here, at the key learning rate
         groups.append({"params": bank.key_parameters(adapter_task), "lr": cfg.resolved_key_lr})
     bank.train()
-    _enable_grads([p for g in groups for p in g["params"]])
+    params = [p for g in groups for p in g["params"]]
+    _enable_grads(params)
     opt = torch.optim.Adam(groups)
     labels_all = torch.from_numpy(ctx.stream.train_labels)
     stats = {"loss": float("nan"), "acc": float("nan")}
     for epoch in range(cfg.epochs):
         total, acc, n = 0.0, 0.0, 0
-        loader = _loader(ctx.stream, "train", rows, cfg.batch_size, cfg.num_workers, generator)
-        for idx, inputs in tqdm(
-            loader, desc=f"task {t} stage 1 epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not ctx.progress
+        for size, idx, inputs in _train_batches(
+            ctx, rows, generator, f"task {t} stage 1 epoch {epoch + 1}/{cfg.epochs}"
         ):
-            labels = labels_all[idx].to(ctx.device)
-            with ctx.autocast():
-                features, extra = bank.task_features(adapter_task, **_to(inputs, ctx.device))
-            loss, batch_acc = _restricted_ce(head(features.float()), labels, classes, cfg.label_smoothing)
-            if extra is not None:
-                loss = loss + extra
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if idx is not None:
+                labels = labels_all[idx].to(ctx.device)
+                with ctx.autocast():
+                    features, extra = bank.task_features(adapter_task, **_to(inputs, ctx.device))
+                loss, batch_acc = _restricted_ce(head(features.float()), labels, classes, cfg.label_smoothing)
+                if extra is not None:
+                    loss = loss + extra
+                # both terms are batch means: this process's share of the batch mean is its mean times its share
+                (loss if ctx.world == 1 else loss * (len(idx) / size)).backward()
+                total += float(loss.detach()) * len(idx)
+                acc += float(batch_acc) * len(idx)
+                n += len(idx)
+            if ctx.world > 1:
+                _all_reduce_grads(ctx, params)
             opt.step()
-            total += float(loss.detach()) * len(idx)
-            acc += float(batch_acc) * len(idx)
-            n += len(idx)
+        total, acc, n = _all_reduce_sum(ctx, [total, acc, n])
         stats = {"loss": total / max(n, 1), "acc": acc / max(n, 1)}
+    _broadcast_params(ctx, params)
     _done(bank)
     return stats
 
@@ -482,11 +657,12 @@ def refine_layer_keys(bank: SinglePassLNBank, t: int, ctx: RunContext, generator
     rows = ctx.stream.indices("train", t)
     bank.eval()
     collected: dict[int, list[torch.Tensor]] = {}
-    for _, inputs in _loader(ctx.stream, "train", rows, cfg.eval_batch_size, cfg.num_workers):
+    mine = rows[_positions(len(rows), cfg.eval_batch_size, ctx.rank, ctx.world)]
+    for _, inputs in _loader(ctx.stream, "train", mine, cfg.eval_batch_size, cfg.num_workers):
         with ctx.autocast():
             for i, tokens in bank.layer_inputs(t, **_to(inputs, ctx.device)).items():
                 collected.setdefault(i, []).append(tokens.float())
-    tokens = {i: torch.cat(v) for i, v in collected.items()}
+    tokens = _gather_rows(ctx, {i: torch.cat(v) for i, v in collected.items()}, len(rows), cfg.eval_batch_size)
     params = bank.key_parameters(t)
     _enable_grads(params)
     opt = torch.optim.Adam(params, lr=cfg.resolved_key_lr)
@@ -498,6 +674,7 @@ def refine_layer_keys(bank: SinglePassLNBank, t: int, ctx: RunContext, generator
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    _broadcast_params(ctx, params)
     with torch.no_grad():
         sim = -float(bank.layer_key_loss(t, tokens))
     _done(bank)
@@ -508,10 +685,16 @@ def refine_layer_keys(bank: SinglePassLNBank, t: int, ctx: RunContext, generator
 def _inference_features(
     bank: LNBank, ctx: RunContext, which: str, rows: np.ndarray, upto: int, shared_adapter: bool = False
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Features (and selected tasks) of `rows` with the LN values inference picks among tasks `0..upto`."""
+    """Features (and selected tasks) of `rows` with the LN values inference picks among tasks `0..upto`; several
+    processes share the batches and all get every row."""
     bank.eval()
-    feats, tasks = [], []
-    loader = _loader(ctx.stream, which, rows, ctx.config.eval_batch_size, ctx.config.num_workers)
+    size = ctx.config.eval_batch_size
+    mine = _positions(len(rows), size, ctx.rank, ctx.world)
+    queries = None
+    if not shared_adapter and not isinstance(bank, SinglePassLNBank):  # outside the loop: may involve every process
+        queries = ctx.cache.get(which, rows)[torch.from_numpy(mine).to(ctx.device)]
+    feats, tasks, done = [], [], 0
+    loader = _loader(ctx.stream, which, rows[mine], size, ctx.config.num_workers)
     for idx, inputs in tqdm(loader, desc=f"{which} features", leave=False, disable=not ctx.progress):
         inputs = _to(inputs, ctx.device)
         with ctx.autocast():
@@ -521,11 +704,16 @@ def _inference_features(
             elif isinstance(bank, SinglePassLNBank):
                 f, task_ids = bank.infer(upto=upto, **inputs)
             else:
-                f, task_ids = bank.infer(queries=ctx.cache.get(which, idx), upto=upto, **inputs)
+                f, task_ids = bank.infer(queries=queries[done : done + len(idx)], upto=upto, **inputs)
+        done += len(idx)
         feats.append(f.float())
         if task_ids is not None:
             tasks.append(task_ids.cpu())
-    return torch.cat(feats), (torch.cat(tasks) if tasks else None)
+    local = {"features": torch.cat(feats) if feats else torch.zeros(0, bank.dim, device=ctx.device)}
+    if tasks:
+        local["tasks"] = torch.cat(tasks)
+    out = _gather_rows(ctx, local, len(rows), size)
+    return out["features"], (out["tasks"].cpu() if "tasks" in out else None)
 
 
 def rectify_classifier(bank: LNBank, t: int, ctx: RunContext, generator: torch.Generator) -> dict[str, float]:
@@ -555,6 +743,7 @@ def rectify_classifier(bank: LNBank, t: int, ctx: RunContext, generator: torch.G
             total += float(loss.detach()) * len(b)
             acc += float(batch_acc) * len(b)
         stats = {"loss": total / len(rows), "acc": acc / len(rows)}
+    _broadcast_params(ctx, params)
     _done(bank)
     return stats
 
@@ -622,13 +811,16 @@ def _incremental_summary(
 
 def _resume_point(ctx: RunContext, method: str) -> Optional[tuple[int, Path]]:
     root = ctx.checkpoint_dir(method)
-    return latest_checkpoint(root) if (ctx.resume and root is not None) else None
+    point = latest_checkpoint(root) if (ctx.resume and root is not None and ctx.is_main) else None
+    return _broadcast_object(ctx, point)  # every process resumes from the checkpoint rank 0 sees
 
 
 def _finish_task(ctx: RunContext, method: str, t: int, bank: LNBank, state: dict[str, Any]) -> None:
     root = ctx.checkpoint_dir(method)
     if root is not None:
-        save_bank(bank, task_checkpoint_dir(root, t), state)
+        if ctx.is_main:
+            save_bank(bank, task_checkpoint_dir(root, t), state)
+        _barrier(ctx)  # the checkpoint is in place before any process moves on (or is killed)
     if ctx.after_task is not None:
         ctx.after_task(method, t)
 
@@ -723,13 +915,15 @@ def _oracle_accuracy(bank: LNBank, ctx: RunContext) -> float:
     true_tasks = torch.from_numpy(stream.task_of("test"))
     correct = 0
     bank.eval()
-    for idx, inputs in _loader(stream, "test", rows, ctx.config.eval_batch_size, ctx.config.num_workers):
+    size = ctx.config.eval_batch_size
+    mine = rows[_positions(len(rows), size, ctx.rank, ctx.world)]
+    for idx, inputs in _loader(stream, "test", mine, size, ctx.config.num_workers):
         with ctx.autocast():
             f = bank.routed_features(true_tasks[idx], **_to(inputs, ctx.device))
         gate = true_tasks[idx] if ctx.config.prediction == "task" else None
         pred = bank.logits(f.float(), task_ids=gate).argmax(-1).cpu().numpy()
         correct += int(np.sum(pred == stream.test_labels[idx.numpy()]))
-    return correct / len(rows)
+    return int(round(_all_reduce_sum(ctx, [correct])[0])) / len(rows)
 
 
 def run_ln_bank(ctx: RunContext) -> MethodResult:

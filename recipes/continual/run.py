@@ -14,10 +14,17 @@ Launch (from the repository root)::
     python recipes/continual/run.py --config clinc150_minilm_10tasks
     accelerate launch recipes/continual/run.py --config cifar100_vit_base_10tasks --data /data/cifar100
     python recipes/continual/run.py --method ln-bank --key_mode task --epochs 1 --output_dir /tmp/cl --resume
+    torchrun --standalone --nproc_per_node 2 recipes/continual/run.py --cpu --output_dir /tmp/cl2   # 2 CPU processes
 
 Config files (``configs/*.json``) hold flag values; flags given on the command line override them. Relative paths in a
-config file are resolved against the repository root. One process only: the bank trains one small adapter per task,
-and a multi-process launch is refused with an error rather than silently duplicating work.
+config file are resolved against the repository root.
+
+Several processes (``accelerate launch --num_processes N`` / ``torchrun --nproc_per_node N``; ``--cpu`` for a gloo
+group on CPU) share the work data-parallel: frozen passes and evaluation split their batches over the processes,
+stage 1 splits each batch (``--batch_size`` stays the global batch) and sums the gradients, and the small replicated
+steps (keys, stage 2 on the gathered features, metrics) run on every process. Every process holds the same bank;
+only the main process writes checkpoints and outputs (``--output_dir`` must be visible to every process for
+``--resume``). Results equal a one-process run up to float round-off (see ``lntune/continual/train.py``).
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ ALL_METHODS = ["ln-bank", "ln-bank-1pass", "nmc", "seq-ln", "joint-ln"]
 MODALITIES = ("image", "text")
 FAIL_ENV = "LNTUNE_CONTINUAL_FAIL_AFTER"  # test-only: "<method>:<task>" raises after that task's checkpoint
 PATH_FLAGS = ("data", "model", "output_dir")
-NOT_RECORDED = ("output_dir", "resume", "no_progress")
+NOT_RECORDED = ("output_dir", "resume", "no_progress", "cpu")
 
 
 class SimulatedFailure(RuntimeError):
@@ -122,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_length", type=int, help="Text: truncate tokenised inputs to this many tokens.")
     p.add_argument("--compare_key_modes", type=int, choices=[0, 1], help="1: also report task-id acc of both modes.")
     p.add_argument("--no_progress", action="store_true", default=None, help="Hide tqdm bars.")
+    p.add_argument("--cpu", action="store_true", default=None, help="Run on CPU even if an accelerator is available.")
     # every ContinualConfig field is a flag too (epochs, batch_size, lr, rectify_epochs, ...)
     hints = typing.get_type_hints(ContinualConfig)
     for name, default in vars(ContinualConfig()).items():
@@ -234,7 +242,7 @@ def load_stream(args: argparse.Namespace, backbone_info: dict[str, Any]):
 
 
 # ---------------------------------------------------------------------------------------------------------- output
-def machine_info(device: torch.device) -> dict[str, Any]:
+def machine_info(device: torch.device, num_processes: int = 1) -> dict[str, Any]:
     info = {
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -243,6 +251,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
+        "num_processes": num_processes,
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -308,12 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
 
     # Accelerator (device, mixed precision, main-process logging), then the seed
-    accelerator = Accelerator()
-    if accelerator.num_processes > 1:
-        raise ValueError(
-            f"This recipe runs in one process (got {accelerator.num_processes}): each task trains one small LN "
-            "adapter; launch with a single process (accelerate launch --num_processes 1)."
-        )
+    accelerator = Accelerator(cpu=bool(args.cpu))
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     logger.info(accelerator.state)
     set_seed(args.seed)
@@ -343,7 +347,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         autocast=accelerator.autocast,
         after_task=_after_task_hook(),
         log=logger.info,
-        progress=not args.no_progress,
+        progress=not args.no_progress and accelerator.is_local_main_process,
+        accelerator=accelerator,
     )
 
     # Train and evaluate every method, task after task
@@ -364,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # the resolved flags, minus run plumbing that does not change results (so a resumed run's file is identical)
         "config": {k: v for k, v in sorted(vars(args).items()) if k not in NOT_RECORDED}
         | {"continual": config.to_dict()},
-        "machine": machine_info(accelerator.device),
+        "machine": machine_info(accelerator.device, accelerator.num_processes),
         "methods": results,
         "key_mode_comparison": comparison,
     }
@@ -380,6 +385,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logger.info("\n" + results_table(results))
     if comparison is not None:
         logger.info(f"task-id accuracy per step by key mode: {json.dumps(comparison)}")
+    accelerator.wait_for_everyone()  # the outputs are complete before any process returns
+    accelerator.end_training()
     return metrics
 
 
