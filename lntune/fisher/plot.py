@@ -24,7 +24,8 @@ import torch
 
 from lntune.fisher.select import layer_key, roles_of, select_by_fisher, summarize_selection, top_modules
 
-DEFAULT_SST2 = Path("/work/shared/data/glue/sst2")
+# the SST-2 subset shipped with the package (lntune/data/glue/sst2, see its NOTICE.md)
+DEFAULT_SST2 = Path(__file__).resolve().parents[1] / "data" / "glue" / "sst2"
 ROLE_COLOURS = {
     "embedding": "#7f7f7f",
     "attention": "#1f77b4",

@@ -18,9 +18,11 @@ from torch import nn
 from lntune.fisher import FisherScores, fisher_scores, fisher_scores_reference
 from lntune.fisher.estimate import _fast_slope, affine_slope
 
+from ..models import SHARED_DATA
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers.logging.set_verbosity_error()
-SST2 = Path("/work/shared/data/glue/sst2/train.tsv")
+SST2 = SHARED_DATA / "glue" / "sst2" / "train.tsv"
 # The tiny data sets are smaller than the default num_samples=1024, which warns (tested on its own below).
 pytestmark = pytest.mark.filterwarnings("ignore:fisher_scores. num_samples=1024:UserWarning")
 

@@ -20,7 +20,9 @@ from lntune.fisher import (
     top_modules,
 )
 
-SST2_DIR = Path("/work/shared/data/glue/sst2")
+from ..models import SHARED_DATA
+
+SST2_DIR = SHARED_DATA / "glue" / "sst2"
 NAMES = [
     "bert.embeddings.LayerNorm",
     "bert.encoder.layer.0.attention.output.LayerNorm",
