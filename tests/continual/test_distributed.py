@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import transformers as tf
 
 from lntune.continual import train as continual_train
 
@@ -52,17 +51,6 @@ def recipe():
     if not TORCHRUN.exists():
         pytest.skip("torchrun is not installed next to the interpreter")
     return _load_recipe()
-
-
-@pytest.fixture(scope="module")
-def tiny_vit(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = tf.ViTConfig(
-        hidden_size=32, image_size=32, patch_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
-    )
-    path = tmp_path_factory.mktemp("tiny_vit")
-    tf.ViTForImageClassification(config).save_pretrained(path)
-    return path
 
 
 def _torchrun(argv: list[str], fail_after: str | None = None) -> subprocess.CompletedProcess:

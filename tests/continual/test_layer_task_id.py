@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-import transformers as tf
 
 from ..models import SHARED_DATA
 
@@ -17,19 +15,14 @@ SCRIPT = Path(__file__).resolve().parents[2] / "recipes" / "continual" / "layer_
 CIFAR10 = SHARED_DATA / "cifar10"
 
 
-def test_layer_task_id_writes_one_row_per_norm(tmp_path: Path) -> None:
+def test_layer_task_id_writes_one_row_per_norm(tiny_vit: Path, tmp_path: Path) -> None:
     if not CIFAR10.is_dir():
         pytest.skip(f"shared CIFAR-10 not found at {CIFAR10}")
     spec = importlib.util.spec_from_file_location("layer_task_id", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    torch.manual_seed(0)
-    config = tf.ViTConfig(
-        hidden_size=32, image_size=32, patch_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
-    )
-    tf.ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
     out = tmp_path / "out"
-    argv = ["--data", str(CIFAR10), "--model", str(tmp_path / "vit"), "--tasks", "5", "--output_dir", str(out)]
+    argv = ["--data", str(CIFAR10), "--model", str(tiny_vit), "--tasks", "5", "--output_dir", str(out)]
     rows = script.main(argv + ["--max_train_per_class", "4", "--max_test_per_class", "2", "--key_steps", "3"])
     assert len(rows) == 2 * 2 + 1  # two norms per block and the final one
     for row in rows:

@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-import transformers as tf
 
 from ..models import SHARED_DATA
 
@@ -30,17 +28,6 @@ def recipe():
     if not CIFAR10.is_dir():
         pytest.skip(f"shared CIFAR-10 not found at {CIFAR10}")
     return _load_recipe()
-
-
-@pytest.fixture(scope="module")
-def tiny_vit(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = tf.ViTConfig(
-        hidden_size=32, image_size=32, patch_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
-    )
-    path = tmp_path_factory.mktemp("tiny_vit")
-    tf.ViTForImageClassification(config).save_pretrained(path)
-    return path
 
 
 def _argv(tiny_vit: Path, out: Path, *extra: str) -> list[str]:
