@@ -12,10 +12,11 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import torch
 from torch import nn
+
+from lntune.fisher.estimate import _map_tensors
 
 # Module names of the task heads of transformers models (peft's SEQ_CLS/TOKEN_CLS/QA ``modules_to_save`` defaults).
 HEAD_NAMES: tuple[str, ...] = ("classifier", "score", "qa_outputs")
@@ -36,14 +37,6 @@ def head_parameters(model: nn.Module, head_names: Sequence[str] = HEAD_NAMES) ->
             seen.add(id(param))
             params.append(param)
     return params
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if hasattr(batch, "items"):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 def warm_up_head(
@@ -94,7 +87,7 @@ def warm_up_head(
                 raise TypeError(
                     f"warm_up_head: batches must be dicts of model inputs with `labels`, got {type(batch).__name__}"
                 )
-            out = model(**_to_device(batch, device))
+            out = model(**_map_tensors(batch, lambda t: t.to(device)))
             loss = getattr(out, "loss", None)
             if loss is None:
                 raise ValueError("warm_up_head: the model returned no loss; the batches must contain `labels`")

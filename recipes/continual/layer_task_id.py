@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @torch.no_grad()
 def cls_inputs(model: nn.Module, data: ImageClassificationDataset, batch_size: int) -> dict[str, torch.Tensor]:
     """The [CLS] token of every norm layer's input, per layer, for every sample of ``data`` (frozen model)."""
-    norms = [info for info in find_norms(model)]
+    norms = list(find_norms(model))
     store: dict[str, list[torch.Tensor]] = {info.name: [] for info in norms}
     hooks = []
     for info in norms:

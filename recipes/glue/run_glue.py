@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
 import lntune
+from lntune.fisher.warmup import HEAD_NAMES
 from lntune.glue import TASKS, glue_metric, load_glue, load_glue_from_hub
 
 logger = get_logger(__name__)
@@ -66,8 +67,6 @@ PRIMARY_METRIC: dict[str, str] = {
     "rte": "accuracy",
     "wnli": "accuracy",
 }
-# Modules that hold a sequence-classification head in transformers models (peft's SEQ_CLS uses the same names).
-HEAD_NAMES = ("classifier", "score")
 
 
 def default_model() -> str | None:
