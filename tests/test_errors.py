@@ -163,3 +163,62 @@ def test_mixed_batch_trains_each_adapter_on_its_rows():
     layer = model.base_model.model.bert.encoder.layer[0].output.LayerNorm
     assert layer.lntune_weight["a"].grad is not None and layer.lntune_weight["a"].grad.abs().sum() > 0
     assert layer.lntune_weight["b"].grad is not None and layer.lntune_weight["b"].grad.abs().sum() > 0
+
+
+def test_model_with_only_batchnorm_has_no_norm_to_tune():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    with pytest.raises(ValueError, match="no normalization layer lntune can tune"):
+        get_peft_model(model, LNTuneConfig())
+
+
+def _bert_layers(n: int):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.BertConfig(
+        hidden_size=32, num_hidden_layers=n, num_attention_heads=2, intermediate_size=37, vocab_size=100
+    )
+    return tf.BertForSequenceClassification(config).eval()
+
+
+def test_load_onto_deeper_model_of_same_family(tmp_path):
+    """A 2-layer adapter must not load onto a 3-layer model (its extra norms would keep random/zero deltas)."""
+    get_peft_model(_bert_layers(2), LNTuneConfig(task_type="SEQ_CLS", init_weights=False)).save_pretrained(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"norm layer 'bert.encoder.layer.2.attention.output.LayerNorm' \(and 1 more\)"
+    ):
+        PeftModel.from_pretrained(_bert_layers(3), tmp_path)
+    # and the other way round
+    get_peft_model(_bert_layers(3), LNTuneConfig(task_type="SEQ_CLS")).save_pretrained(tmp_path / "deep")
+    with pytest.raises(ValueError, match="'bert.encoder.layer.2.attention.output.LayerNorm', which this model does"):
+        PeftModel.from_pretrained(_bert_layers(2), tmp_path / "deep")
+
+
+def test_load_when_config_would_skip_recorded_norms(tmp_path):
+    import json
+
+    get_peft_model(_bert_layers(2), LNTuneConfig(task_type="SEQ_CLS")).save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["preset"] = "output"  # the recorded attention/embedding norms would now get no delta
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="holds deltas for the norm layer 'bert.embeddings.LayerNorm'"):
+        PeftModel.from_pretrained(_bert_layers(2), tmp_path)
+
+
+def test_config_with_nothing_to_train():
+    base, _, _ = build("llama")
+    with pytest.raises(ValueError, match=r"the matched norms \(LlamaRMSNorm x5\) have no bias"):
+        get_peft_model(base, LNTuneConfig(params="bias"))
+    base, _, _ = build("llama")
+    with pytest.raises(ValueError, match="adapts no scalar"):
+        get_peft_model(base, LNTuneConfig(mask={"model.norm": {"weight": []}}))
+
+
+def test_mask_naming_a_parameter_the_norm_lacks():
+    base, _, _ = build("llama")
+    with pytest.raises(ValueError, match=r"'model.norm' \(LlamaRMSNorm\) has no bias"):
+        get_peft_model(base, LNTuneConfig(mask={"model.norm": {"bias": [0]}}))
+    base, _, _ = _bert()
+    with pytest.raises(ValueError, match="tunes only params='weight'"):
+        get_peft_model(base, LNTuneConfig(params="weight", mask={"bert.embeddings.LayerNorm": {"bias": [0]}}))

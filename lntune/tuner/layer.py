@@ -16,31 +16,80 @@ from torch.func import functional_call
 
 BASE_ADAPTER = "__base__"  # the name that routes a row of a mixed batch to the base model
 _RANDOM_INIT_STD = 0.1
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _functional_kind(module: nn.Module) -> Optional[str]:
+    """Which torch functional computes `module` exactly (plain torch norm classes only; subclasses may override)."""
+    if type(module) is nn.LayerNorm:
+        return "layer_norm"
+    if type(module) is getattr(nn, "RMSNorm", None):
+        return "rms_norm"
+    if type(module) is nn.GroupNorm:
+        return "group_norm"
+    return None
+
+
+def _promotes_fp32_params(module: nn.Module) -> bool:
+    """Whether `module`'s forward, given fp32 gains on a bf16/fp16 input, computes in fp32 without failing.
+
+    True for transformers' Llama-family RMSNorms and T5LayerNorm (they have `variance_epsilon` and are plain
+    elementwise ops) and Gemma's `1 + weight` RMSNorm (which computes in fp32 anyway). Other classes may call fused
+    kernels that reject mixed dtypes, so they get base + delta rounded to the base dtype.
+    """
+    cls = type(module)
+    if not cls.__module__.startswith("transformers."):
+        return False
+    return hasattr(module, "variance_epsilon") or (
+        cls.__name__.startswith("Gemma") and cls.__name__.endswith("RMSNorm")
+    )
 
 
 @dataclass
 class Routing:
     """Per-sample adapter choice for one batched forward: which rows use which adapter.
 
-    Built once per forward (not per layer); the row-index tensors are moved to a device once and reused by every layer.
+    Built once per forward (not per layer); the row-index tensors are built once per (row count, device) and reused by
+    every layer. `expand` > 1 (set for `generate` with beam search or `num_return_sequences`) lets a layer see the
+    batch with each row repeated `expand` times in a row, as transformers' `_expand_inputs_for_generation` makes it;
+    the encoder of an encoder-decoder model still sees the un-expanded batch.
     """
 
     names: list[str]
-    groups: list[tuple[str, torch.Tensor]]  # (adapter name, row indices), one entry per distinct name
-    _on_device: dict = field(default_factory=dict, repr=False)
+    expand: int = 1
+    _groups: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_names(cls, names: list[str]) -> Routing:
-        order: dict[str, list[int]] = {}
-        for row, name in enumerate(names):
-            order.setdefault(name, []).append(row)
-        groups = [(name, torch.tensor(rows, dtype=torch.long)) for name, rows in order.items()]
-        return cls(names=list(names), groups=groups)
+    def from_names(cls, names: list[str], expand: int = 1) -> Routing:
+        return cls(names=list(names), expand=max(1, int(expand)))
 
-    def groups_on(self, device: torch.device) -> list[tuple[str, torch.Tensor]]:
-        if device not in self._on_device:
-            self._on_device[device] = [(name, rows.to(device)) for name, rows in self.groups]
-        return self._on_device[device]
+    def groups_for(self, rows: int, device: torch.device, where: str = "a norm") -> list[tuple[str, torch.Tensor]]:
+        """(adapter name, row indices) for a batch of `rows` rows, one entry per distinct name."""
+        key = (rows, device)
+        if key not in self._groups:
+            n = len(self.names)
+            if rows == n:
+                repeat = 1
+            elif self.expand > 1 and rows == n * self.expand:
+                repeat = self.expand
+            else:
+                hint = (
+                    f" (generate expanded each row {self.expand} times)"
+                    if self.expand > 1
+                    else " (for beam search or num_return_sequences set only in the model's generation_config, pass "
+                    "num_beams=/num_return_sequences= to generate explicitly)"
+                )
+                raise ValueError(
+                    f"adapter_names has {n} entries but the batch reaching {where} has {rows} rows: pass one adapter "
+                    f"name per sample{hint}."
+                )
+            order: dict[str, list[int]] = {}
+            for row in range(rows):
+                order.setdefault(self.names[row // repeat], []).append(row)
+            self._groups[key] = [
+                (name, torch.tensor(idx, dtype=torch.long, device=device)) for name, idx in order.items()
+            ]
+        return self._groups[key]
 
 
 class LNTuneLayer(nn.Module, BaseTunerLayer):
@@ -67,6 +116,11 @@ class LNTuneLayer(nn.Module, BaseTunerLayer):
         self.lntune_weight_index = BufferDict({}, persistent=False)
         self.lntune_bias_index = BufferDict({}, persistent=False)
         self.module_name = module_name
+        # peft's contract for tuner layers: a norm maps its normalized size to itself
+        affine = getattr(base_layer, "weight", None)
+        if affine is None:
+            affine = getattr(base_layer, "bias", None)
+        self.in_features = self.out_features = int(affine.shape[0]) if affine is not None else None
         self.merged_adapters: list[str] = []
         self._active_adapter = adapter_name
         self._disable_adapters = False
@@ -152,32 +206,60 @@ class LNTuneLayer(nn.Module, BaseTunerLayer):
             swapped[old] = store[adapter_name]
         return swapped
 
-    def _adapted_params(self, adapter_names: list[str]) -> dict[str, torch.Tensor]:
-        base = self.get_base_layer()
-        params = {}
+    def _summed_deltas(self, adapter_names: list[str]) -> dict[str, torch.Tensor]:
+        """{"weight"/"bias": the sum of the dense deltas of `adapter_names`}, for the parameters that have any."""
+        out = {}
         for pname in ("weight", "bias"):
             deltas = [d for d in (self.dense_delta(pname, a) for a in adapter_names) if d is not None]
-            if not deltas:
-                continue
+            if deltas:
+                out[pname] = deltas[0] if len(deltas) == 1 else torch.stack(deltas).sum(0)
+        return out
+
+    def _adapted_params(
+        self, deltas: dict[str, torch.Tensor], dtype: Optional[torch.dtype] = None
+    ) -> dict[str, torch.Tensor]:
+        """base + delta for each parameter in `deltas`, in `dtype` (default: the base parameter's own dtype)."""
+        base = self.get_base_layer()
+        params = {}
+        for pname, total in deltas.items():
             base_param = getattr(base, pname)
-            total = deltas[0] if len(deltas) == 1 else torch.stack(deltas).sum(0)
-            if base_param.dtype == torch.float32:
+            target = dtype or base_param.dtype
+            if base_param.dtype == total.dtype == target:
                 params[pname] = base_param + total.view_as(base_param)
             else:
-                params[pname] = (base_param.float() + total.view_as(base_param)).to(base_param.dtype)
+                params[pname] = (base_param.float() + total.float().view_as(base_param)).to(target)
         return params
 
     def _adapted_forward(self, x: torch.Tensor, adapter_names: list[str], *args: Any, **kwargs: Any) -> torch.Tensor:
         base = self.get_base_layer()
-        params = self._adapted_params(adapter_names)
-        if not params:
+        deltas = self._summed_deltas(adapter_names)
+        if not deltas:
             return base(x, *args, **kwargs)
-        if type(base) is nn.LayerNorm and not args and not kwargs:
-            # fast path for the most common norm: the fused kernel, no module re-parametrisation
-            weight = params.get("weight", base.weight)
-            bias = params.get("bias", base.bias)
-            return F.layer_norm(x, base.normalized_shape, weight, bias, base.eps)
-        return functional_call(base, params, (x, *args), kwargs)
+        # On a bf16/fp16 base, base + delta rounded to the base dtype loses fp32 deltas below the dtype's step
+        # (~0.004 for a bf16 gain near 1). Where the norm's maths is known, apply base + delta in fp32 instead and
+        # round only the output, as the fused bf16 kernels do internally.
+        precise = x.dtype in _LOW_PRECISION and any(d.dtype == torch.float32 for d in deltas.values())
+        kind = _functional_kind(base) if not args and not kwargs else None
+        if kind is not None:
+            # the fused kernel, no module re-parametrisation
+            params = self._adapted_params(deltas, torch.float32 if precise else None)
+            weight, bias = params.get("weight", base.weight), params.get("bias", getattr(base, "bias", None))
+            xin = x
+            if precise:
+                xin = x.float()
+                weight = weight.float() if weight is not None else None
+                bias = bias.float() if bias is not None else None
+            if kind == "layer_norm":
+                out = F.layer_norm(xin, base.normalized_shape, weight, bias, base.eps)
+            elif kind == "rms_norm":
+                out = F.rms_norm(xin, base.normalized_shape, weight, base.eps)
+            else:
+                out = F.group_norm(xin, base.num_groups, weight, bias, base.eps)
+            return out.to(x.dtype)
+        if precise and _promotes_fp32_params(base):
+            out = functional_call(base, self._adapted_params(deltas, torch.float32), (x, *args), kwargs)
+            return out.to(x.dtype) if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+        return functional_call(base, self._adapted_params(deltas), (x, *args), kwargs)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -199,18 +281,14 @@ class LNTuneLayer(nn.Module, BaseTunerLayer):
         return self._adapted_forward(x, active, *args, **kwargs)
 
     def _mixed_batch_forward(self, x: torch.Tensor, routing: Routing, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if x.shape[0] != len(routing.names):
-            raise ValueError(
-                f"adapter_names has {len(routing.names)} entries but the batch reaching {self.module_name or 'a norm'} "
-                f"has {x.shape[0]} rows: pass one adapter name per sample."
-            )
-        if len(routing.groups) == 1:  # the whole batch uses one adapter: no gather/scatter needed
-            name = routing.groups[0][0]
+        groups = routing.groups_for(x.shape[0], x.device, where=self.module_name or "a norm")
+        if len(groups) == 1:  # the whole batch uses one adapter: no gather/scatter needed
+            name = groups[0][0]
             if name == BASE_ADAPTER or not self.has_adapter(name):
                 return self.base_layer(x, *args, **kwargs)
             return self._adapted_forward(x, [name], *args, **kwargs)
         out = None
-        for name, rows in routing.groups_on(x.device):
+        for name, rows in groups:
             xs = x.index_select(0, rows)
             if name == BASE_ADAPTER or not self.has_adapter(name):
                 ys = self.base_layer(xs, *args, **kwargs)

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, _ExcludedModule
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from ..norms import find_norms, is_norm, norm_type_summary
@@ -78,8 +79,24 @@ def resolve_target_norms(model: nn.Module, config: LNTuneConfig) -> list[str]:
     return chosen
 
 
+def adapted_norms(model: nn.Module, config: LNTuneConfig, targets: list[str]) -> dict[str, list[str]]:
+    """{norm name: parameters that get a delta} for the `targets` of `config` on `model` (norms with nothing to tune,
+    e.g. RMSNorms under `params="bias"` or norms outside a mask, are left out)."""
+    shapes = {info.name: info.shapes for info in find_norms(model)}
+    out = {}
+    for name in targets:
+        pnames = [p for p in config.tuned_params if p in shapes.get(name, {})]
+        if config.mask is not None:
+            pnames = [p for p in pnames if (config.mask.get(name) or {}).get(p)]
+        if pnames:
+            out[name] = pnames
+    return out
+
+
 def check_base_norms(model: nn.Module, config: LNTuneConfig, targets: list[str]) -> None:
-    """Fail with the first mismatch if the adapter recorded a base model whose adapted norms differ from `model`'s."""
+    """Fail with the first difference if the adapter recorded a base model whose adapted norms differ from `model`'s:
+    a recorded norm this model lacks (or has in another shape), or a norm of this model the adapter would adapt but
+    did not record (e.g. a 2-layer adapter loaded onto a 3-layer model of the same family)."""
     if not config.base_norms:
         return
     made_for = f" ({config.base_model_name_or_path})" if config.base_model_name_or_path else ""
@@ -96,28 +113,127 @@ def check_base_norms(model: nn.Module, config: LNTuneConfig, targets: list[str])
                     f"Base model mismatch at '{name}.{pname}': the adapter was saved for shape {list(shape)}, this "
                     f"model has {shapes[name].get(pname)}. Load it onto the base model it was made for{made_for}."
                 )
+    adapted = adapted_norms(model, config, targets)
+    skipped = [name for name in config.base_norms if name not in adapted]
+    if skipped:
+        raise ValueError(
+            f"This adapter holds deltas for the norm layer '{skipped[0]}', which this model has but the adapter's "
+            f"config would not adapt here (its role or parameters differ from the base model the adapter was saved "
+            f"for). Load it onto the base model it was made for{made_for}."
+        )
+    extra = [name for name in adapted if name not in config.base_norms]
+    if extra:
+        raise ValueError(
+            f"This model has a norm layer '{extra[0]}' (and {len(extra) - 1} more) that this adapter's config would "
+            f"adapt, but the base model the adapter was saved for had no such norm ({len(config.base_norms)} adapted "
+            f"norms were recorded): it would keep untrained deltas. Load the adapter onto the base model it was made "
+            f"for{made_for}."
+        )
 
 
-def check_mask(model: nn.Module, config: LNTuneConfig, targets: list[str]) -> None:
-    """A mask must name adapted norms and stay inside their parameters."""
-    if config.mask is None:
-        return
-    shapes = {info.name: info.shapes for info in find_norms(model)}
-    for name, per_param in config.mask.items():
-        if name not in shapes:
+def check_mask(
+    model: nn.Module, config: LNTuneConfig, targets: list[str], mask: Optional[dict] = None
+) -> Optional[dict[str, dict[str, list[int]]]]:
+    """Validate `mask` (default: `config.mask`) against `model`: it must name adapted norms, select only parameters
+    they have and `config.params` tunes, and stay inside them. Returns the mask with names given relative to a
+    PeftModel (`base_model.model.<name>`) turned into `model`'s own names, where that is unambiguous."""
+    mask = config.mask if mask is None else _normalise_mask(mask)
+    if mask is None:
+        return None
+    norms = {info.name: info for info in find_norms(model)}
+    fixed: dict[str, dict[str, list[int]]] = {}
+    for name, per_param in mask.items():
+        key = name
+        if key not in norms and key.startswith(_PEFT_PREFIX) and key.removeprefix(_PEFT_PREFIX) in norms:
+            key = key.removeprefix(_PEFT_PREFIX)  # a name as PeftModel.named_modules() spells it
+        if key not in norms:
+            close = [n for n in norms if n.endswith(key.rsplit(".", 1)[-1])][:3]
             raise ValueError(
                 f"mask names '{name}', which is not a normalization layer of this model; the mask was made for a "
-                f"different model (this one has {norm_type_summary(model)})."
+                f"different model or the name is misspelt (this one has {norm_type_summary(model)}, e.g. {close or list(norms)[:3]})."
             )
-        if name not in targets:
-            raise ValueError(f"mask selects scalars of '{name}', but target_modules/roles exclude that norm.")
+        if key in fixed:
+            raise ValueError(f"mask names the norm '{key}' twice (with and without the '{_PEFT_PREFIX}' prefix).")
+        if key not in targets:
+            raise ValueError(f"mask selects scalars of '{key}', but target_modules/roles exclude that norm.")
+        shapes = norms[key].shapes
         for pname, idx in per_param.items():
-            size = shapes[name].get(pname, [0])[0]
-            if idx and idx[-1] >= size:
+            if not idx:
+                continue
+            if pname not in shapes:
+                raise ValueError(
+                    f"mask['{name}'] selects {pname} entries, but '{key}' ({norms[key].type_name}) has no {pname}."
+                )
+            if pname not in config.tuned_params:
+                raise ValueError(
+                    f"mask['{name}'] selects {pname} entries, but this adapter tunes only params={config.params!r}."
+                )
+            size = shapes[pname][0]
+            if idx[-1] >= size:
                 raise ValueError(
                     f"mask['{name}']['{pname}'] holds index {idx[-1]}, but that parameter has {size} entries: the mask "
                     "does not match this model's shapes."
                 )
+        fixed[key] = per_param
+    return fixed
+
+
+def check_something_to_train(model: nn.Module, config: LNTuneConfig, targets: list[str]) -> None:
+    """An adapter whose config gives no norm a delta would train nothing: say why instead of creating it."""
+    if adapted_norms(model, config, targets):
+        return
+    if config.mask is not None:
+        raise ValueError(
+            "This LNTuneConfig adapts no scalar: every index list of its mask is empty for the parameters it tunes "
+            f"(params={config.params!r}). Select at least one index, or drop the mask."
+        )
+    infos = [info for info in find_norms(model) if info.name in set(targets)]
+    counts: dict[str, int] = {}
+    for info in infos:
+        counts[info.type_name] = counts.get(info.type_name, 0) + 1
+    summary = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+    raise ValueError(
+        f"This LNTuneConfig adapts no parameter: params={config.params!r}, but the matched norms ({summary}) have no "
+        f"{' or '.join(config.tuned_params)}. Use params='both' or 'weight', or target norms that have a bias."
+    )
+
+
+def _generation_expand_size(kwargs: dict) -> int:
+    """How many times `generate` repeats each input row (beam search, `num_return_sequences`), from its kwargs."""
+    config = kwargs.get("generation_config")
+    sizes = [kwargs.get(k, getattr(config, k, None)) for k in ("num_beams", "num_return_sequences")]
+    return max([1, *(int(s) for s in sizes if isinstance(s, int))])
+
+
+def _routed_head_forward(head: ModulesToSaveWrapper, routing: Routing):
+    """A forward for a `modules_to_save` wrapper that sends each row of its first input through its adapter's copy."""
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("adapter_names", None)
+        if head.disable_adapters:
+            return head.original_module(x, *args, **kwargs)
+
+        def run(name: str, rows: torch.Tensor) -> Any:
+            module = head.modules_to_save[name] if name in head.modules_to_save else head.original_module
+            return module(rows, *args, **kwargs)
+
+        groups = routing.groups_for(x.shape[0], x.device, where="a modules_to_save module")
+        if len(groups) == 1:
+            return run(groups[0][0], x)
+        out = None
+        for name, rows in groups:
+            ys = run(name, x.index_select(0, rows))
+            if not isinstance(ys, torch.Tensor):
+                raise TypeError(
+                    f"adapter_names can route a modules_to_save module only if it returns a tensor, but "
+                    f"{type(head.original_module).__name__} returned {type(ys).__name__}."
+                )
+            if out is None:
+                out = ys.new_empty((x.shape[0], *ys.shape[1:]))
+            out.index_copy_(0, rows, ys)
+        return out
+
+    return forward
 
 
 class LNTuneModel(BaseTuner):
@@ -151,8 +267,9 @@ class LNTuneModel(BaseTuner):
 
     def _prepare_model(self, peft_config: LNTuneConfig, model: nn.Module) -> None:
         targets = resolve_target_norms(model, peft_config)
+        peft_config.mask = check_mask(model, peft_config, targets)
         check_base_norms(model, peft_config, targets)
-        check_mask(model, peft_config, targets)
+        check_something_to_train(model, peft_config, targets)
         self._lntune_targets = set(targets)
         excluded = peft_config.exclude_modules
         self._lntune_excluded = {n.name for n in find_norms(model) if excluded and _name_matches(excluded, n.name)}
@@ -196,8 +313,14 @@ class LNTuneModel(BaseTuner):
             return
         if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
             raise TypeError("adapter_names must be a list of adapter names (str), one per sample of the batch.")
-        layers = [m for m in self.model.modules() if isinstance(m, LNTuneLayer)]  # one walk per routed forward
+        layers, heads = [], []  # one walk per routed forward
+        for module in self.model.modules():
+            if isinstance(module, LNTuneLayer):
+                layers.append(module)
+            elif isinstance(module, ModulesToSaveWrapper):
+                heads.append(module)
         available = {name for layer in layers for name in (*layer.lntune_weight.keys(), *layer.lntune_bias.keys())}
+        available |= {name for head in heads for name in head.modules_to_save.keys()}
         unknown = sorted(set(adapter_names) - available - {BASE_ADAPTER})
         if unknown:
             raise ValueError(
@@ -222,14 +345,46 @@ class LNTuneModel(BaseTuner):
                 f"Cannot route a mixed batch while adapters are merged (e.g. in {merged[0]}): call "
                 "model.unmerge_adapter() first."
             )
-        routing = Routing.from_names(list(adapter_names))
+        routing = Routing.from_names(list(adapter_names), expand=_generation_expand_size(kwargs))
         for layer in layers:
             layer.routing = routing
+        # modules_to_save copies (e.g. a classifier head) are routed too: row i goes through adapter_names[i]'s copy,
+        # or through the original module for "__base__" and for adapters without a copy (as when run alone). peft's
+        # wrapper only routes Linear/Embedding/Conv modules, so we put a routed forward on each wrapper instead.
+        patched = [(head, head.__dict__.get("forward")) for head in heads]
+        for head in heads:
+            head.forward = _routed_head_forward(head, routing)
         try:
             yield
         finally:
             for layer in layers:
                 layer.routing = None
+            for head, previous in patched:
+                if previous is None:
+                    del head.forward
+                else:
+                    head.forward = previous
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """Deltas are fp32 by default, also on a bf16/fp16 base (tiny LN updates vanish in bf16).
+
+        `autocast_adapter_dtype=False` (on `get_peft_model`, `add_adapter`, `PeftModel.from_pretrained`,
+        `load_adapter`) keeps them in the dtype of the base norm's own parameters instead, as peft's other methods do.
+        """
+        if autocast_adapter_dtype:
+            super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=True)
+            return
+        for layer in self.model.modules():
+            if not isinstance(layer, LNTuneLayer):
+                continue
+            base = layer.get_base_layer()
+            for pname, store in (("weight", layer.lntune_weight), ("bias", layer.lntune_bias)):
+                if adapter_name not in store:
+                    continue
+                dtype = getattr(base, pname).dtype
+                if store[adapter_name].dtype != dtype and dtype.is_floating_point:
+                    old = store[adapter_name]
+                    store[adapter_name] = nn.Parameter(old.detach().to(dtype), requires_grad=old.requires_grad)
 
     # ------------------------------------------------------------------ saving
     @classmethod
@@ -265,13 +420,26 @@ class LNTuneModel(BaseTuner):
         adapter_name = adapter_name or self.active_adapters[0]
         if adapter_name not in self.peft_config:
             raise ValueError(f"No adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}.")
-        mask = _normalise_mask(mask)
+        config = self.peft_config[adapter_name]
         layers = {name: layer for name, layer in self.lntune_layers() if layer.has_adapter(adapter_name)}
-        check_mask(self.model, self.peft_config[adapter_name], list(layers))
+        # the same checks as LNTuneConfig(mask=...), on the new mask; PeftModel-style names are accepted
+        mask = check_mask(self.model, config, list(layers), mask=mask)
+        if not any(idx for per_param in mask.values() for idx in per_param.values()):
+            raise ValueError(
+                f"The mask selects no scalar: adapter {adapter_name!r} would have nothing left to train. Select at "
+                "least one index (or delete the adapter with delete_adapter)."
+            )
+        for name, per_param in mask.items():
+            missing = [p for p, idx in per_param.items() if idx and layers[name].dense_delta(p, adapter_name) is None]
+            if missing:
+                raise ValueError(
+                    f"mask['{name}'] selects {missing[0]} entries, but adapter {adapter_name!r} has no {missing[0]} "
+                    "delta there (a mask can only narrow an adapter, not add parameters to it)."
+                )
         swapped: dict[nn.Parameter, Optional[nn.Parameter]] = {}
         for name, layer in layers.items():
             swapped.update(layer.apply_mask(adapter_name, mask.get(name)))
-        self.peft_config[adapter_name].mask = mask
+        config.mask = mask
         return swapped
 
     def lntune_layers(self) -> list[tuple[str, LNTuneLayer]]:
