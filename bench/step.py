@@ -32,7 +32,7 @@ def build(method: str):
     from peft import LNTuningConfig, LoraConfig, get_peft_model
 
     import lntune
-    from lntune.demo import minilm_dir
+    from lntune.assets import minilm_dir
 
     model = tf.AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
     if method == "full":
@@ -137,7 +137,7 @@ def main() -> None:
             results[method].append(json.loads(out.strip().splitlines()[-1]))
             print(f"round {r + 1}/{args.rounds} {method:8s} {results[method][-1]['step_s']:.3f} s/step", flush=True)
 
-    from lntune.demo import minilm_dir
+    from lntune.assets import minilm_dir
 
     base_kb = (minilm_dir() / "model.safetensors").stat().st_size / 1024
     full_t = statistics.median(x["step_s"] for x in results["full"])

@@ -19,14 +19,13 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .io import save_figure, write_text
 from .norms import find_norms
 
 __all__ = [
@@ -212,21 +211,6 @@ def output_ln_changes_most(rows: Sequence[dict[str, Any]], key: str = "relative_
     )
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temp file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_component_table(rows: Sequence[dict[str, Any]], path_md: str | os.PathLike | None = None) -> str:
     """The rows as a Markdown table (ranked by pooled relative change); written to ``path_md`` if given."""
     order = sorted(range(len(rows)), key=lambda i: -rows[i]["relative_change"])
@@ -242,7 +226,7 @@ def write_component_table(rows: Sequence[dict[str, Any]], path_md: str | os.Path
         )
     text = "\n".join(lines) + "\n"
     if path_md is not None:
-        _atomic_write(Path(path_md), lambda tmp: Path(tmp).write_text(text))
+        write_text(path_md, text)
     return text
 
 
@@ -265,4 +249,4 @@ def plot_component_changes(rows: Sequence[dict[str, Any]], path_png: str | os.Pa
     ax.set_title(title or "relative change per component")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    _atomic_write(Path(path_png), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    save_figure(fig, path_png, format="png", dpi=110)

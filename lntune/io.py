@@ -1,0 +1,80 @@
+# Copyright 2026 the lntune authors. Licensed under the Apache License, Version 2.0.
+"""Atomic writes: the one place where lntune writes files (results, plots, adapters, checkpoints).
+
+Every writer goes to a temp file in the target folder and renames it into place, so a crash or a kill never leaves
+half a file where a user expects theirs; the renamed file gets the permissions a plain `open(path, "w")` would give
+(0o666 minus the umask), whatever the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is put back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temp path next to `path` (same suffix, so format-sniffing writers work); on success, rename it to
+    `path` with plain-file permissions; on any error, delete it and re-raise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def json_ready(obj: Any) -> Any:
+    """Replace NaN/inf floats by None (recursively), so the JSON is strict."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
+def write_json(path: PathLike, data: Any, indent: Optional[int] = 2) -> None:
+    """Write `data` as strict JSON (NaN/inf become null) to `path` atomically."""
+    write_text(path, json.dumps(json_ready(data), indent=indent) + "\n")
+
+
+def save_safetensors(tensors: dict, path: PathLike, metadata: Optional[dict[str, str]] = None) -> None:
+    """`safetensors.torch.save_file`, atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def save_figure(figure: Any, path: PathLike, **kwargs: Any) -> None:
+    """`figure.savefig(path)` (matplotlib), atomically; the format follows the suffix of `path`."""
+    with atomic_path(path) as tmp:
+        figure.savefig(str(tmp), **kwargs)
