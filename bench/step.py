@@ -29,29 +29,22 @@ METHODS = ("full", "ln-floor", "lntune", "peft-ln", "lora")
 
 def build(method: str):
     import transformers as tf
-    from peft import LNTuningConfig, LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     import lntune
+    from lntune import comparisons
     from lntune.assets import minilm_dir
 
     model = tf.AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
-    if method == "full":
-        return model
-    if method == "ln-floor":
-        # the floor for any LN method: the plain model with only its norm parameters and head requiring grad
-        norm_params = {id(p) for info in lntune.find_norms(model) for p in info.module.parameters()}
-        for name, p in model.named_parameters():
-            p.requires_grad = id(p) in norm_params or name.startswith("classifier.")
-        return model
-    if method == "lntune":
-        return get_peft_model(model, lntune.LNTuneConfig(task_type="SEQ_CLS"))
-    if method == "peft-ln":
-        # peft's name table has no entry for BERT models, so its LN tuning needs the names spelled out
-        return get_peft_model(model, LNTuningConfig(task_type="SEQ_CLS", target_modules=["LayerNorm"]))
-    if method == "lora":
-        return get_peft_model(
-            model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "value"])
-        )
+    builders = {
+        "full": comparisons.full,
+        "ln-floor": comparisons.ln_floor,
+        "lntune": lambda m: get_peft_model(m, lntune.LNTuneConfig(task_type="SEQ_CLS")),
+        "peft-ln": comparisons.peft_ln,
+        "lora": comparisons.lora,
+    }
+    if method in builders:
+        return builders[method](model)
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 

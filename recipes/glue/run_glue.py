@@ -39,14 +39,15 @@ import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
-from peft import LNTuningConfig, LoraConfig, get_peft_model
+from peft import get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
 import lntune
-from lntune.assets import HEAD_NAMES, minilm_dir_or_none
+from lntune import comparisons
+from lntune.assets import minilm_dir_or_none
 from lntune.glue import TASKS, glue_metric, load_glue, load_glue_from_hub
 from lntune.io import write_json
 from lntune.pooling import checkpoint_pooling, use_mean_pooling
@@ -88,10 +89,6 @@ class BuildContext:
     train_dataset: datasets.Dataset
     collator: Callable
     info: dict[str, Any]  # builders put extra results here (e.g. Fisher timing); they end up in all_results.json
-
-
-def _is_head(name: str) -> bool:
-    return any(part in HEAD_NAMES for part in name.split("."))
 
 
 def build_lntune(model: nn.Module, ctx: BuildContext, preset: str | None = None) -> nn.Module:
@@ -156,37 +153,22 @@ def build_lntune_fisher(model: nn.Module, ctx: BuildContext) -> nn.Module:
 
 def build_full(model: nn.Module, ctx: BuildContext) -> nn.Module:
     """Full fine-tuning: every parameter trains."""
-    model.requires_grad_(True)
-    return model
+    return comparisons.full(model)
 
 
 def build_bitfit(model: nn.Module, ctx: BuildContext) -> nn.Module:
     """BitFit (Ben Zaken et al. 2022): only the bias terms train, plus the (new) classification head."""
-    for name, param in model.named_parameters():
-        param.requires_grad_(name.endswith("bias") or _is_head(name))
-    return model
+    return comparisons.bitfit(model)
 
 
 def build_lora(model: nn.Module, ctx: BuildContext) -> nn.Module:
     """LoRA r=8, alpha=16, dropout 0.1 on the attention query/value projections (peft's GLUE example), plus the head."""
-    config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"])
-    return get_peft_model(model, config)
+    return comparisons.lora(model)
 
 
 def build_peft_ln(model: nn.Module, ctx: BuildContext) -> nn.Module:
     """peft's own LN tuning (``LNTuningConfig``), which trains a copy of each targeted norm, plus the head."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING as TABLE
-
-    model_type = getattr(model.config, "model_type", None)
-    target_modules = None
-    if model_type not in TABLE:
-        # peft's table is keyed by model_type and has no entry for e.g. BERT: give it the norms found by type
-        target_modules = [info.name for info in lntune.find_norms(model)]
-        logger.info(
-            f"peft has no LN-tuning target table for model_type={model_type!r}; targeting the "
-            f"{len(target_modules)} norm layers found by lntune.find_norms"
-        )
-    return get_peft_model(model, LNTuningConfig(task_type="SEQ_CLS", target_modules=target_modules))
+    return comparisons.peft_ln(model)
 
 
 @dataclass(frozen=True)
