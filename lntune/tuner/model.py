@@ -270,7 +270,7 @@ class LNTuneModel(BaseTuner):
         peft_config.mask = check_mask(model, peft_config, targets)
         check_base_norms(model, peft_config, targets)
         check_something_to_train(model, peft_config, targets)
-        self._lntune_targets = set(targets)
+        self._lntune_targets = set(adapted_norms(model, peft_config, targets))  # no wrapper where nothing is tuned
         excluded = peft_config.exclude_modules
         self._lntune_excluded = {n.name for n in find_norms(model) if excluded and _name_matches(excluded, n.name)}
 
@@ -302,6 +302,15 @@ class LNTuneModel(BaseTuner):
         # was wrapped, so there is nothing to re-wire (BaseTuner's version assumes Linear-like modules and breaks on
         # modules_to_save heads such as RobertaClassificationHead, which have no `.weight`).
         setattr(parent, child_name, new_module)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """peft's `delete_adapter`, but the next active adapter is chosen from the adapters, not from the first layer
+        (with masks, a layer can lack the remaining adapters, and peft would then leave no adapter active)."""
+        was_active = list(self.active_adapters)
+        super().delete_adapter(adapter_name)
+        if self.peft_config and not self.active_adapters:
+            remaining = [a for a in was_active if a != adapter_name] or [next(iter(self.peft_config))]
+            self.set_adapter(remaining if len(remaining) > 1 else remaining[0])
 
     # ------------------------------------------------------------------ mixed batches
     @contextmanager
