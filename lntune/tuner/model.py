@@ -425,6 +425,11 @@ class LNTuneModel(BaseTuner):
         Selected deltas keep their current values; everything else is dropped from the adapter (and from its saved
         file). The mask is recorded in the adapter's config. Returns {old parameter: new parameter or None} so that an
         optimizer created before the call can be updated (see `lntune.fisher.swap_optimizer_params`).
+
+        The new mask gets the checks of `LNTuneConfig(mask=...)`: every name must be a norm carrying this adapter,
+        every index inside its parameter, and at least one scalar selected; a bad mask raises and leaves the adapter
+        as it was. Names as `PeftModel.named_modules()` spells them (`base_model.model.<name>`) are accepted and
+        stored without the prefix, unless the base model itself has a norm under the prefixed name.
         """
         adapter_name = adapter_name or self.active_adapters[0]
         if adapter_name not in self.peft_config:
