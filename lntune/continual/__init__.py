@@ -2,93 +2,59 @@
 """Continual learning with LayerNorm tuning: class-incremental splits, data, task-keyed LN banks, training, metrics.
 
 ``LNBank`` / ``SinglePassLNBank`` hold one lntune adapter per task on a frozen backbone plus keys that pick the task
-of each sample; ``lntune.continual.train`` trains them (and the ``nmc`` / ``seq-ln`` / ``joint-ln`` baselines) task
-after task; ``save_bank`` / ``load_bank`` checkpoint them atomically. ``recipes/continual/run.py`` is the CLI.
+of each sample; ``run_methods`` trains and evaluates them (and the ``nmc`` / ``seq-ln`` / ``joint-ln`` baselines)
+task after task on a ``TaskStream`` described by a ``ContinualConfig``; ``save_bank`` / ``load_bank`` checkpoint
+them atomically. ``recipes/continual/run.py`` is the CLI.
+
+Modules: ``bank`` / ``single_pass`` (the banks), ``config``, ``stream`` (data streams and loaders), ``context``
+(``RunContext``, the query cache, seeding), ``stages`` (keys, stage 1, stage 2, evaluation), ``methods`` (the banks
+task after task, ``METHODS``), ``baselines``, ``protocol`` (resume, checkpoints, summaries), ``distributed``
+(several processes), ``checkpoint``, ``data``, ``splits``, ``metrics``, ``plots``, ``backbone``.
 """
 
-from .backbone import POOLINGS, Encoder, HFTextEncoder, HFVisionEncoder, TimmVisionEncoder, as_encoder
-from .bank import KEY_MODES, BankOutput, LNBank, SinglePassLNBank, orthogonal_init
-from .checkpoint import atomic_directory, latest_checkpoint, load_bank, load_checkpoint, save_bank, save_checkpoint
-from .data import (
-    ImageClassificationDataset,
-    ImageSource,
-    TextSource,
-    TextSplits,
-    load_clinc150,
-    load_image_folder,
-    subsample_per_class,
-    vit_transform,
-)
+from .backbone import Encoder, as_encoder
+from .bank import KEY_MODES, BankOutput, LNBank
+from .checkpoint import latest_checkpoint, load_bank, save_bank
+from .config import ContinualConfig
+from .context import RunContext
+from .data import ImageSource, TextSource, load_clinc150, load_image_folder, subsample_per_class, vit_transform
+from .methods import METHODS, compare_key_modes, run_methods
 from .metrics import accuracy_matrix_from_predictions, summarize, task_id_accuracy
 from .plots import plot_accuracy_matrix
-from .splits import ClassIncrementalSplit, make_class_incremental_split, to_incremental_labels, to_original_labels
-from .train import (
-    METHODS,
-    ContinualConfig,
-    Evaluation,
-    MethodResult,
-    QueryCache,
-    RunContext,
-    TaskStream,
-    compare_key_modes,
-    evaluate,
-    image_stream,
-    learn_keys,
-    rectify_classifier,
-    refine_layer_keys,
-    run_methods,
-    text_stream,
-    train_task_lns,
-)
+from .protocol import MethodResult
+from .single_pass import SinglePassLNBank
+from .splits import ClassIncrementalSplit, make_class_incremental_split
+from .stream import TaskStream, image_stream, text_stream
 
 __all__ = [
     "KEY_MODES",
     "METHODS",
-    "POOLINGS",
     "BankOutput",
     "ClassIncrementalSplit",
     "ContinualConfig",
     "Encoder",
-    "Evaluation",
-    "HFTextEncoder",
-    "HFVisionEncoder",
-    "ImageClassificationDataset",
     "ImageSource",
     "LNBank",
     "MethodResult",
-    "QueryCache",
     "RunContext",
     "SinglePassLNBank",
     "TaskStream",
     "TextSource",
-    "TextSplits",
-    "TimmVisionEncoder",
     "accuracy_matrix_from_predictions",
     "as_encoder",
-    "atomic_directory",
     "compare_key_modes",
-    "evaluate",
     "image_stream",
     "latest_checkpoint",
-    "learn_keys",
     "load_bank",
-    "load_checkpoint",
     "load_clinc150",
     "load_image_folder",
     "make_class_incremental_split",
-    "orthogonal_init",
     "plot_accuracy_matrix",
-    "rectify_classifier",
-    "refine_layer_keys",
     "run_methods",
     "save_bank",
-    "save_checkpoint",
     "subsample_per_class",
     "summarize",
     "task_id_accuracy",
     "text_stream",
-    "to_incremental_labels",
-    "to_original_labels",
-    "train_task_lns",
     "vit_transform",
 ]

@@ -26,7 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..tuner import LNTuneConfig
-from .bank import LNBank, SinglePassLNBank
+from .bank import LNBank
+from .single_pass import SinglePassLNBank
 
 __all__ = [
     "BANK_CLASSES",

@@ -39,7 +39,7 @@ __all__ = [
 PROTOCOLS = ("task_mean", "sample")
 
 
-def _check_acc(acc: Any) -> np.ndarray:
+def check_acc_matrix(acc: Any) -> np.ndarray:
     """Validate ``acc`` (T x T, finite on and below the diagonal) and return a float copy, NaN above the diagonal."""
     try:
         a = np.array(acc, dtype=np.float64)
@@ -85,7 +85,7 @@ def _weights(protocol: str, n_test: Any, num_tasks: int) -> np.ndarray:
 
 def incremental_accuracies(acc: Any, n_test: Any = None, protocol: str = "task_mean") -> np.ndarray:
     """``A_t`` for every step ``t`` (length-T array) under ``protocol``."""
-    a = _check_acc(acc)
+    a = check_acc_matrix(acc)
     w = _weights(protocol, n_test, a.shape[0])
     return np.array([np.dot(a[t, : t + 1], w[: t + 1]) / w[: t + 1].sum() for t in range(a.shape[0])])
 
@@ -102,7 +102,7 @@ def average_incremental_accuracy(acc: Any, n_test: Any = None, protocol: str = "
 
 def forgetting(acc: Any, n_test: Any = None, protocol: str = "task_mean") -> float:
     """Average forgetting: mean over ``j < T-1`` of ``max_{j<=i<T-1} acc[i][j] - acc[T-1][j]``; 0.0 when T = 1."""
-    a = _check_acc(acc)
+    a = check_acc_matrix(acc)
     T = a.shape[0]
     w = _weights(protocol, n_test, T)
     if T == 1:
@@ -117,7 +117,7 @@ def backward_transfer(acc: Any, n_test: Any = None, protocol: str = "task_mean")
     Negative values mean forgetting; unlike :func:`forgetting` it compares with the accuracy right after learning
     the task, not with the best one.
     """
-    a = _check_acc(acc)
+    a = check_acc_matrix(acc)
     T = a.shape[0]
     w = _weights(protocol, n_test, T)
     if T == 1:
@@ -201,7 +201,7 @@ def summarize(acc: Any, n_test: Any, task_id_acc: float | Sequence[float] | None
     (ints), ``task_id_acc`` (the given float, list of per-step floats, or ``None``), ``protocols`` (a one-line
     description of both protocols).
     """
-    a = _check_acc(acc)
+    a = check_acc_matrix(acc)
     T = a.shape[0]
     n = _check_n_test(n_test, T)
     steps = incremental_accuracies(a, protocol="task_mean")

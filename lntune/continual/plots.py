@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lntune.continual.metrics import _check_acc
+from lntune.continual.metrics import check_acc_matrix
 
 __all__ = ["plot_accuracy_matrix"]
 
@@ -28,7 +28,7 @@ def plot_accuracy_matrix(acc: Any, path: str | os.PathLike[str], title: str | No
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    a = _check_acc(acc)
+    a = check_acc_matrix(acc)
     T = a.shape[0]
     finite = a[np.isfinite(a)]
     as_fraction = bool(np.all((finite >= 0) & (finite <= 1)))

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-def _as_int_list(values: Sequence[Any], what: str) -> list[int]:
+def as_int_list(values: Sequence[Any], what: str) -> list[int]:
     out = []
     for v in values:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
@@ -76,8 +76,8 @@ class ClassIncrementalSplit:
 
     def __post_init__(self) -> None:
         # Normalise to tuples of Python ints so that equality, hashing and JSON output behave.
-        object.__setattr__(self, "class_order", tuple(_as_int_list(self.class_order, "class_order")))
-        object.__setattr__(self, "tasks", tuple(tuple(_as_int_list(t, f"task {i}")) for i, t in enumerate(self.tasks)))
+        object.__setattr__(self, "class_order", tuple(as_int_list(self.class_order, "class_order")))
+        object.__setattr__(self, "tasks", tuple(tuple(as_int_list(t, f"task {i}")) for i, t in enumerate(self.tasks)))
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(str(n) for n in self.class_names))
         if not isinstance(self.num_classes, (int, np.integer)) or self.num_classes < 1:
@@ -255,28 +255,8 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def make_class_incremental_split(
-    class_names_or_num_classes: int | Sequence[str],
-    num_tasks: int | None = None,
-    seed: int | None = 0,
-    class_order: Sequence[int] | None = None,
-    init_cls: int | None = None,
-    increment: int | None = None,
-    tasks: Sequence[Sequence[int]] | None = None,
-) -> ClassIncrementalSplit:
-    """Build a class-incremental split.
-
-    Class order: ``class_order`` if given, else ``np.random.default_rng(seed).permutation(num_classes)``, else (seed
-    ``None``) the natural order ``0..num_classes-1``. A split built from a given ``class_order`` or ``tasks`` records
-    ``seed=None`` (its order was not drawn). Task sizes, in order of precedence:
-
-    - ``tasks``: explicit lists of original class ids (their concatenation becomes the class order; ``seed`` and
-      ``init_cls`` / ``increment`` must then be left out or agree);
-    - ``init_cls`` / ``increment`` (LAMDA-PILOT): first task ``init_cls`` classes, then ``increment`` each, the rest
-      in a last smaller task. ``increment`` alone means ``init_cls = increment``; ``init_cls`` alone splits the rest
-      equally over ``num_tasks - 1`` tasks. ``num_tasks``, if given, must match the resulting count;
-    - otherwise ``num_tasks`` equal tasks (``num_classes`` must be divisible by ``num_tasks``).
-    """
+def _classes(class_names_or_num_classes: int | Sequence[str]) -> tuple[int, tuple[str, ...] | None]:
+    """(number of classes, class names or None) of the first argument of :func:`make_class_incremental_split`."""
     if isinstance(class_names_or_num_classes, (int, np.integer)) and not isinstance(class_names_or_num_classes, bool):
         num_classes = int(class_names_or_num_classes)
         class_names = None
@@ -292,39 +272,11 @@ def make_class_incremental_split(
         if len(set(class_names)) != num_classes:
             dup = sorted({n for n in class_names if class_names.count(n) > 1})
             raise ValueError(f"Class names must be unique; repeated: {dup}.")
-    if num_tasks is not None:
-        num_tasks = _positive_int(num_tasks, "num_tasks")
-        if num_tasks > num_classes:
-            raise ValueError(
-                f"num_tasks={num_tasks} is more than the {num_classes} classes; each task needs at least one class, "
-                f"so use num_tasks <= {num_classes}."
-            )
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise ValueError(f"seed must be an integer or None, got {seed!r}.")
-    seed = None if seed is None else int(seed)
+    return num_classes, class_names
 
-    if tasks is not None:
-        if init_cls is not None or increment is not None:
-            raise ValueError("Give either explicit tasks= or init_cls/increment, not both.")
-        task_lists = [_as_int_list(t, f"task {i}") for i, t in enumerate(tasks)]
-        _validate_tasks(task_lists, num_classes)
-        if num_tasks is not None and num_tasks != len(task_lists):
-            raise ValueError(f"num_tasks={num_tasks} but {len(task_lists)} explicit tasks were given.")
-        order = [c for t in task_lists for c in t]
-        if class_order is not None and _as_int_list(class_order, "class_order") != order:
-            raise ValueError("class_order must equal the concatenation of the explicit tasks (or be left out).")
-        # The order came from the user, not from a seed: record no seed so that nobody believes it was drawn.
-        return ClassIncrementalSplit(num_classes, tuple(order), tuple(map(tuple, task_lists)), None, class_names)
 
-    if class_order is not None:
-        order = _as_int_list(class_order, "class_order")
-        _check_permutation(order, num_classes, "class_order")
-        seed = None  # the order is given, not drawn
-    elif seed is None:
-        order = list(range(num_classes))
-    else:
-        order = np.random.default_rng(seed).permutation(num_classes).tolist()
-
+def _task_sizes(num_classes: int, num_tasks: int | None, init_cls: int | None, increment: int | None) -> list[int]:
+    """Task sizes from ``init_cls`` / ``increment`` (LAMDA-PILOT) or ``num_tasks`` equal tasks (see the caller)."""
     if init_cls is not None or increment is not None:
         if increment is not None:
             increment = _positive_int(increment, "increment")
@@ -367,6 +319,66 @@ def make_class_incremental_split(
             )
         sizes = [num_classes // num_tasks] * num_tasks
 
+    return sizes
+
+
+def make_class_incremental_split(
+    class_names_or_num_classes: int | Sequence[str],
+    num_tasks: int | None = None,
+    seed: int | None = 0,
+    class_order: Sequence[int] | None = None,
+    init_cls: int | None = None,
+    increment: int | None = None,
+    tasks: Sequence[Sequence[int]] | None = None,
+) -> ClassIncrementalSplit:
+    """Build a class-incremental split.
+
+    Class order: ``class_order`` if given, else ``np.random.default_rng(seed).permutation(num_classes)``, else (seed
+    ``None``) the natural order ``0..num_classes-1``. A split built from a given ``class_order`` or ``tasks`` records
+    ``seed=None`` (its order was not drawn). Task sizes, in order of precedence:
+
+    - ``tasks``: explicit lists of original class ids (their concatenation becomes the class order; ``seed`` and
+      ``init_cls`` / ``increment`` must then be left out or agree);
+    - ``init_cls`` / ``increment`` (LAMDA-PILOT): first task ``init_cls`` classes, then ``increment`` each, the rest
+      in a last smaller task. ``increment`` alone means ``init_cls = increment``; ``init_cls`` alone splits the rest
+      equally over ``num_tasks - 1`` tasks. ``num_tasks``, if given, must match the resulting count;
+    - otherwise ``num_tasks`` equal tasks (``num_classes`` must be divisible by ``num_tasks``).
+    """
+    num_classes, class_names = _classes(class_names_or_num_classes)
+    if num_tasks is not None:
+        num_tasks = _positive_int(num_tasks, "num_tasks")
+        if num_tasks > num_classes:
+            raise ValueError(
+                f"num_tasks={num_tasks} is more than the {num_classes} classes; each task needs at least one class, "
+                f"so use num_tasks <= {num_classes}."
+            )
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ValueError(f"seed must be an integer or None, got {seed!r}.")
+    seed = None if seed is None else int(seed)
+
+    if tasks is not None:
+        if init_cls is not None or increment is not None:
+            raise ValueError("Give either explicit tasks= or init_cls/increment, not both.")
+        task_lists = [as_int_list(t, f"task {i}") for i, t in enumerate(tasks)]
+        _validate_tasks(task_lists, num_classes)
+        if num_tasks is not None and num_tasks != len(task_lists):
+            raise ValueError(f"num_tasks={num_tasks} but {len(task_lists)} explicit tasks were given.")
+        order = [c for t in task_lists for c in t]
+        if class_order is not None and as_int_list(class_order, "class_order") != order:
+            raise ValueError("class_order must equal the concatenation of the explicit tasks (or be left out).")
+        # The order came from the user, not from a seed: record no seed so that nobody believes it was drawn.
+        return ClassIncrementalSplit(num_classes, tuple(order), tuple(map(tuple, task_lists)), None, class_names)
+
+    if class_order is not None:
+        order = as_int_list(class_order, "class_order")
+        _check_permutation(order, num_classes, "class_order")
+        seed = None  # the order is given, not drawn
+    elif seed is None:
+        order = list(range(num_classes))
+    else:
+        order = np.random.default_rng(seed).permutation(num_classes).tolist()
+
+    sizes = _task_sizes(num_classes, num_tasks, init_cls, increment)
     task_lists, start = [], 0
     for size in sizes:
         task_lists.append(tuple(order[start : start + size]))

@@ -34,8 +34,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel
 
-from lntune.continual import ImageClassificationDataset, load_image_folder, make_class_incremental_split, vit_transform
+from lntune.continual import load_image_folder, make_class_incremental_split, vit_transform
 from lntune.continual.bank import orthogonal_init
+from lntune.continual.data import ImageClassificationDataset
 from lntune.norms import find_norms
 
 COLUMNS = ("task key", "centred", "class keys", "key + attention")

@@ -24,7 +24,7 @@ group on CPU) share the work data-parallel: frozen passes and evaluation split t
 stage 1 splits each batch (``--batch_size`` stays the global batch) and sums the gradients, and the small replicated
 steps (keys, stage 2 on the gathered features, metrics) run on every process. Every process holds the same bank;
 only the main process writes checkpoints and outputs (``--output_dir`` must be visible to every process for
-``--resume``). Results equal a one-process run up to float round-off (see ``lntune/continual/train.py``).
+``--resume``). Results equal a one-process run up to float round-off (see ``lntune/continual/distributed.py``).
 """
 
 from __future__ import annotations
@@ -299,6 +299,17 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def write_outputs(output_dir: Path, metrics: dict[str, Any], timings: dict[str, Any]) -> None:
+    """metrics.json (deterministic: no timings), timings.json, one heatmap per method and results.md."""
+    results = metrics["methods"]
+    write_json(metrics, output_dir / "metrics.json")
+    write_json(timings, output_dir / "timings.json")
+    for name, r in results.items():
+        if "acc_matrix" in r:
+            plot_accuracy_matrix(r["acc_matrix"], output_dir / f"acc_matrix_{name}.png", title=name)
+    (output_dir / "results.md").write_text(results_table(results) + "\n", encoding="utf-8")
+
+
 def _after_task_hook():
     spec = os.environ.get(FAIL_ENV)
     if not spec:
@@ -358,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {name: r.to_dict() for name, r in run_methods(ctx, args.methods).items()}
     comparison = compare_key_modes(ctx) if ("ln-bank" in args.methods and args.compare_key_modes) else None
 
-    # metrics.json (deterministic: no timings), timings.json, heatmaps
+    # metrics.json (deterministic: no timings), timings.json, heatmaps, results.md
     primary = next((m for m in args.methods if m != "joint-ln"), args.methods[0])
     metrics = {
         "method": primary,
@@ -374,14 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "key_mode_comparison": comparison,
     }
     if accelerator.is_main_process:
-        write_json(metrics, output_dir / "metrics.json")
-        write_json(
-            {"total_s": round(time.perf_counter() - tic, 1), "per_method": ctx.timings}, output_dir / "timings.json"
-        )
-        for name, r in results.items():
-            if "acc_matrix" in r:
-                plot_accuracy_matrix(r["acc_matrix"], output_dir / f"acc_matrix_{name}.png", title=name)
-        (output_dir / "results.md").write_text(results_table(results) + "\n", encoding="utf-8")
+        write_outputs(output_dir, metrics, {"total_s": round(time.perf_counter() - tic, 1), "per_method": ctx.timings})
     logger.info("\n" + results_table(results))
     if comparison is not None:
         logger.info(f"task-id accuracy per step by key mode: {json.dumps(comparison)}")

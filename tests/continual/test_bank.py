@@ -12,18 +12,10 @@ import torch.nn.functional as F
 import transformers as tf
 from safetensors.torch import load_file, save_file
 
-from lntune.continual import (
-    HFTextEncoder,
-    HFVisionEncoder,
-    LNBank,
-    SinglePassLNBank,
-    TimmVisionEncoder,
-    as_encoder,
-    atomic_directory,
-    load_bank,
-    orthogonal_init,
-    save_bank,
-)
+from lntune.continual import LNBank, SinglePassLNBank, as_encoder, load_bank, save_bank
+from lntune.continual.backbone import HFTextEncoder, HFVisionEncoder, TimmVisionEncoder
+from lntune.continual.bank import orthogonal_init
+from lntune.continual.checkpoint import atomic_directory
 
 from ..models import MODELS, _quiet, _timm_vit
 

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from lntune.continual import train as continual_train
+from lntune.continual import ContinualConfig, RunContext, TaskStream, make_class_incremental_split
+from lntune.continual.distributed import positions, shuffled_batches, train_batches
 
-from .test_recipe import CIFAR10, RECIPE, REQUIRED, _load_recipe
+from .test_recipe import CIFAR10, RECIPE, REQUIRED, load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -50,7 +51,7 @@ def recipe():
         pytest.skip(f"shared CIFAR-10 not found at {CIFAR10}")
     if not TORCHRUN.exists():
         pytest.skip("torchrun is not installed next to the interpreter")
-    return _load_recipe()
+    return load_recipe()
 
 
 def _torchrun(argv: list[str], fail_after: str | None = None) -> subprocess.CompletedProcess:
@@ -129,7 +130,7 @@ def test_two_processes_killed_and_resumed_match_one_process(recipe, tiny_vit, on
 
 def test_shards_cover_every_row_once_in_whole_batches():
     for n, size, world in [(10, 3, 2), (20, 3, 2), (7, 8, 2), (30, 4, 3), (1, 5, 4), (0, 3, 2)]:
-        parts = [continual_train._positions(n, size, r, world) for r in range(world)]
+        parts = [positions(n, size, r, world) for r in range(world)]
         assert sorted(np.concatenate(parts).tolist()) == list(range(n))
         for r, part in enumerate(parts):  # process r holds batches r, r + world, ... of the one-process batching
             expected = [i for b in range(r, -(-n // size), world) for i in range(b * size, min(b * size + size, n))]
@@ -138,23 +139,19 @@ def test_shards_cover_every_row_once_in_whole_batches():
 
 def test_shuffled_batches_draw_like_the_one_process_loop():
     stream = _tiny_stream()
-    ctx = continual_train.RunContext(
-        stream=stream, make_encoder=lambda: None, config=continual_train.ContinualConfig(batch_size=3), progress=False
-    )
+    ctx = RunContext(stream=stream, make_encoder=lambda: None, config=ContinualConfig(batch_size=3), progress=False)
     rows = np.arange(len(stream.train))
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     for _ in range(2):  # two epochs from one generator
-        single = [idx.tolist() for _, idx, _ in continual_train._train_batches(ctx, rows, g1, "")]
-        drawn = [rows[b].tolist() for b in continual_train._shuffled_batches(len(rows), 3, 0, g2)]
+        single = [idx.tolist() for _, idx, _ in train_batches(ctx, rows, g1, "")]
+        drawn = [rows[b].tolist() for b in shuffled_batches(len(rows), 3, 0, g2)]
         assert drawn == single
     assert torch.equal(g1.get_state(), g2.get_state())
 
 
-def _tiny_stream() -> continual_train.TaskStream:
-    from lntune.continual import make_class_incremental_split
-
+def _tiny_stream() -> TaskStream:
     split = make_class_incremental_split(4, num_tasks=2, seed=0)
     labels = np.repeat(np.arange(4), 2)
     data = [(torch.zeros(1), int(y)) for y in labels]
     inc = split.to_incremental_labels(labels)
-    return continual_train.TaskStream(split, data, data, inc, inc, lambda xs: {"x": torch.stack(xs)})
+    return TaskStream(split, data, data, inc, inc, lambda xs: {"x": torch.stack(xs)})

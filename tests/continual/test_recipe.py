@@ -16,7 +16,7 @@ CIFAR10 = SHARED_DATA / "cifar10"
 REQUIRED = ("final_avg_acc", "avg_inc_acc", "forgetting", "acc_matrix", "task_id_acc", "class_order", "split")
 
 
-def _load_recipe():
+def load_recipe():
     spec = importlib.util.spec_from_file_location("continual_run", RECIPE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -27,7 +27,7 @@ def _load_recipe():
 def recipe():
     if not CIFAR10.is_dir():
         pytest.skip(f"shared CIFAR-10 not found at {CIFAR10}")
-    return _load_recipe()
+    return load_recipe()
 
 
 def _argv(tiny_vit: Path, out: Path, *extra: str) -> list[str]:

@@ -19,14 +19,11 @@ from lntune.continual import (
     SinglePassLNBank,
     TaskStream,
     TextSource,
-    learn_keys,
     make_class_incremental_split,
-    rectify_classifier,
-    refine_layer_keys,
     run_methods,
     text_stream,
-    train_task_lns,
 )
+from lntune.continual.stages import learn_keys, rectify_classifier, refine_layer_keys, train_task_lns
 
 from ..models import MODELS, minilm_dir
 

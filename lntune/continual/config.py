@@ -1,0 +1,97 @@
+# Copyright 2026 the lntune authors. Licensed under the Apache License, Version 2.0.
+"""Every knob of a continual run in one dataclass, validated on construction (the recipe's JSON configs and flags
+map onto its fields one to one)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from .bank import KEY_MODES
+
+__all__ = ["PREDICTIONS", "RECTIFY_MASKS", "ContinualConfig"]
+
+RECTIFY_MASKS = ("task", "seen")
+PREDICTIONS = ("seen", "task")
+
+
+@dataclass
+class ContinualConfig:
+    """Every knob of a continual run (the recipe's JSON configs map onto these fields one to one).
+
+    Args:
+        epochs (`int`): stage-1 epochs per task (LN deltas + head).
+        batch_size (`int`): training batch size (stage 1, keys, stage 2).
+        lr (`float`): Adam learning rate of stage 1 (constant).
+        lr_reference_batch (`Optional[int]`): if set, the learning rates of stage 1 and of the keys are scaled by
+            `batch_size / lr_reference_batch`, as the official code does with 256 (so its "lr 0.01" runs at 0.005
+            with batch 128). `None`: use `lr` as given.
+        label_smoothing (`float`): label smoothing of the cross-entropy (stage 1 and 2), over the unmasked classes.
+        key_epochs (`Optional[int]`): epochs of key learning (default: `epochs`, as in the official code).
+        key_lr (`Optional[float]`): Adam learning rate of key learning (default: the stage-1 rate).
+        key_mode (`str`): `"task"` (one key per task, the paper) or `"class"` (one key per class).
+        layer_key_epochs (`int`): single-pass bank only: after stage 1, learn task `t`'s layer keys on the [CLS]
+            inputs its final LN values produce (one no-grad pass over its training samples, then this many epochs of
+            Adam at `key_lr`). `0` (default, the official code): the layer keys learn only jointly in stage 1.
+        rectify (`bool`): run stage 2 (classifier rectification, the official `--unbiased`).
+        rectify_epochs (`int`) / rectify_lr (`float`): stage-2 epochs and Adam learning rate.
+        rectify_mask (`str`): classes the stage-2 logits cover: `"task"` (task `t`'s, as the official code) or
+            `"seen"` (all classes seen so far).
+        prediction (`str`): how a bank predicts: `"seen"`: argmax over every seen class (the official code);
+            `"task"`: argmax over the classes of the task the keys selected. Both are always computed and reported.
+        eval_batch_size (`int`): batch size of query, feature and evaluation passes.
+        seed (`int`): seeds the class order (in the recipe), the heads, the keys and each task's data order.
+        num_workers (`int`): DataLoader workers.
+        oracle_eval (`bool`): after the last task, also evaluate the two-pass bank with the true task's LN values.
+    """
+
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 0.005
+    lr_reference_batch: Optional[int] = None
+    label_smoothing: float = 0.1
+    key_epochs: Optional[int] = None
+    key_lr: Optional[float] = None
+    key_mode: str = "task"
+    layer_key_epochs: int = 0
+    rectify: bool = True
+    rectify_epochs: int = 5
+    rectify_lr: float = 0.001
+    rectify_mask: str = "task"
+    prediction: str = "seen"
+    eval_batch_size: int = 256
+    seed: int = 0
+    num_workers: int = 0
+    oracle_eval: bool = True
+
+    def __post_init__(self) -> None:
+        if self.key_mode not in KEY_MODES:
+            raise ValueError(f"key_mode must be one of {KEY_MODES}, got {self.key_mode!r}.")
+        if self.rectify_mask not in RECTIFY_MASKS:
+            raise ValueError(f"rectify_mask must be one of {RECTIFY_MASKS}, got {self.rectify_mask!r}.")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}.")
+        for name in ("epochs", "batch_size", "eval_batch_size", "rectify_epochs", "layer_key_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if "epochs" in name else 1):
+                raise ValueError(
+                    f"{name} must be a {'non-negative' if 'epochs' in name else 'positive'} int, got {value!r}."
+                )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}.")
+
+    @property
+    def stage1_lr(self) -> float:
+        scale = 1.0 if self.lr_reference_batch is None else self.batch_size / self.lr_reference_batch
+        return self.lr * scale
+
+    @property
+    def resolved_key_lr(self) -> float:
+        return self.stage1_lr if self.key_lr is None else self.key_lr
+
+    @property
+    def resolved_key_epochs(self) -> int:
+        return self.epochs if self.key_epochs is None else self.key_epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "resolved": {"stage1_lr": self.stage1_lr, "key_lr": self.resolved_key_lr}}

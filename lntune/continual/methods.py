@@ -1,0 +1,166 @@
+# Copyright 2026 the lntune authors. Licensed under the Apache License, Version 2.0.
+"""The methods of a run: the two LN banks task after task, the registry :data:`METHODS` and :func:`run_methods`.
+
+Per task, the two-pass bank (``ln-bank``) learns its keys, trains its LNs (stage 1), rectifies its classifier (stage
+2) and is evaluated on every task seen so far; the single-pass bank (``ln-bank-1pass``) has no key stage and may
+refine its layer keys after stage 1. Baselines are in :mod:`lntune.continual.baselines`. Every method checkpoints
+after each task and resumes from its latest checkpoint (:mod:`lntune.continual.protocol`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import send_to_device
+
+from .bank import KEY_MODES, LNBank
+from .baselines import run_joint_ln, run_nmc, run_seq_ln
+from .config import PREDICTIONS
+from .context import RunContext, seed_task
+from .distributed import all_reduce_sum, positions
+from .metrics import task_id_accuracy
+from .protocol import (
+    HEADLINE,
+    MethodResult,
+    build_bank,
+    finish_task,
+    incremental_summary,
+    rounded,
+    start_method,
+    step_line,
+)
+from .single_pass import SinglePassLNBank
+from .stages import evaluate, learn_keys, rectify_classifier, refine_layer_keys, train_task_lns
+from .stream import make_loader
+
+__all__ = ["METHODS", "compare_key_modes", "oracle_accuracy", "run_bank", "run_methods", "train_bank_task"]
+
+
+def train_bank_task(bank: LNBank, t: int, ctx: RunContext, method: str, generator: torch.Generator) -> dict[str, Any]:
+    """Every training stage of task `t` (timed into `ctx.timings`); returns their statistics."""
+    cfg, single_pass = ctx.config, isinstance(bank, SinglePassLNBank)
+    stats: dict[str, Any] = {}
+    if not single_pass:
+        with ctx.timed(method, t, "keys_s"):
+            stats["key_sim"] = learn_keys(bank, t, ctx, generator)
+    with ctx.timed(method, t, "stage1_s"):
+        stats["stage1"] = train_task_lns(bank, t, ctx, generator, ctx.stream.task_classes(t), aux_head=cfg.rectify)
+    if single_pass and cfg.layer_key_epochs:
+        with ctx.timed(method, t, "layer_keys_s"):
+            stats["layer_key_sim"] = refine_layer_keys(bank, t, ctx, generator)
+    if cfg.rectify:
+        with ctx.timed(method, t, "stage2_s"):
+            stats["stage2"] = rectify_classifier(bank, t, ctx, generator)
+    return stats
+
+
+def run_bank(ctx: RunContext, method: str, single_pass: bool) -> MethodResult:
+    """Run (or resume) an LN bank task after task: train, evaluate on the tasks seen so far, checkpoint."""
+    cfg, stream = ctx.config, ctx.stream
+    key_mode = "task" if single_pass else cfg.key_mode
+    other = next(p for p in PREDICTIONS if p != cfg.prediction)
+    fresh: dict[str, Any] = {"preds": [], "preds_other": [], "task_preds": [], "stats": []}
+    cls = SinglePassLNBank if single_pass else LNBank
+    bank, start, state = start_method(ctx, method, lambda: build_bank(ctx, cls, key_mode), fresh)
+    for t in range(start, stream.num_tasks):
+        generator = seed_task(cfg, t, 1 if single_pass else 0)
+        bank.add_task(stream.task_classes(t))
+        stats = train_bank_task(bank, t, ctx, method, generator)
+        with ctx.timed(method, t, "eval_s"):
+            ev = evaluate(bank, t, ctx, bank.seen_classes(t))
+        state["preds"].append(ev.pred(cfg.prediction).tolist())
+        state["preds_other"].append(ev.pred(other).tolist())
+        state["task_preds"].append(ev.task_pred.tolist())
+        state["stats"].append(stats)
+        ctx.log(f"[{method}] task {t}: {step_line(ctx, state, t)} stats={rounded(stats)}")
+        finish_task(ctx, method, t, bank, state)
+    summary = incremental_summary(ctx, state["preds"], state["task_preds"])
+    alternative = incremental_summary(ctx, state["preds_other"], None)
+    extras: dict[str, Any] = {
+        "key_mode": key_mode,
+        "prediction": cfg.prediction,
+        "other_prediction": {"prediction": other, **{k: alternative[k] for k in HEADLINE}},
+        "train_stats": state["stats"],
+    }
+    if single_pass:
+        extras["task_id_source"] = "the last norm's per-layer selection"
+    elif cfg.oracle_eval:
+        extras["final_acc_oracle_task"] = oracle_accuracy(bank, ctx)
+    return MethodResult(method, summary, extras)
+
+
+@torch.no_grad()
+def oracle_accuracy(bank: LNBank, ctx: RunContext) -> float:
+    """Final accuracy on all test samples when each runs with its *true* task's LN values (routing upper bound),
+    under the configured prediction rule (`"task"`: argmax within the true task's classes)."""
+    stream = ctx.stream
+    rows = stream.indices("test", stream.num_tasks - 1, seen=True)
+    true_tasks = torch.from_numpy(stream.task_of("test"))
+    correct = 0
+    bank.eval()
+    size = ctx.config.eval_batch_size
+    mine = rows[positions(len(rows), size, ctx.rank, ctx.world)]
+    for idx, inputs in make_loader(stream, "test", mine, size, ctx.config.num_workers):
+        with ctx.autocast():
+            f = bank.routed_features(true_tasks[idx], **send_to_device(inputs, ctx.device))
+        gate = true_tasks[idx] if ctx.config.prediction == "task" else None
+        pred = bank.logits(f.float(), task_ids=gate).argmax(-1).cpu().numpy()
+        correct += int(np.sum(pred == stream.test_labels[idx.numpy()]))
+    return int(round(all_reduce_sum(ctx, [correct])[0])) / len(rows)
+
+
+def run_ln_bank(ctx: RunContext) -> MethodResult:
+    """The two-pass bank (the paper): keys on frozen queries, per-task LNs, classifier rectification."""
+    return run_bank(ctx, "ln-bank", single_pass=False)
+
+
+def run_ln_bank_1pass(ctx: RunContext) -> MethodResult:
+    """The single-pass bank: per-layer keys on each norm's [CLS] input, one forward pass at inference."""
+    return run_bank(ctx, "ln-bank-1pass", single_pass=True)
+
+
+METHODS: dict[str, Callable[[RunContext], MethodResult]] = {
+    "ln-bank": run_ln_bank,
+    "ln-bank-1pass": run_ln_bank_1pass,
+    "nmc": run_nmc,
+    "seq-ln": run_seq_ln,
+    "joint-ln": run_joint_ln,
+}
+
+
+def compare_key_modes(ctx: RunContext) -> dict[str, list[float]]:
+    """Task-id accuracy per step of both key modes (`"task"`, `"class"`) on the cached test queries: key learning
+    exactly as in the bank's stage 1a, no LN training needed (selection only reads frozen queries)."""
+    stream, cfg = ctx.stream, ctx.config
+    out: dict[str, list[float]] = {}
+    encoder = ctx.make_encoder()
+    for mode in KEY_MODES:
+        bank = LNBank(copy.deepcopy(encoder), num_classes=stream.split.num_classes, key_mode=mode, seed=cfg.seed)
+        bank.to(ctx.device)
+        out[mode] = []
+        for t in range(stream.num_tasks):
+            generator = seed_task(cfg, t, 0)
+            bank.add_task(stream.task_classes(t))
+            learn_keys(bank, t, ctx, generator)
+            rows = stream.indices("test", t, seen=True)
+            pred = bank.select(ctx.cache.get("test", rows), upto=t).cpu().numpy()
+            out[mode].append(task_id_accuracy(pred, stream.task_of("test")[rows]))
+    return out
+
+
+def run_methods(ctx: RunContext, methods: Sequence[str]) -> dict[str, MethodResult]:
+    """Run `methods` (names in :data:`METHODS`) one after the other, sharing the query cache."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"Unknown method(s) {unknown}; choose from {sorted(METHODS)}.")
+    results = {}
+    for m in methods:
+        tic = time.perf_counter()
+        results[m] = METHODS[m](ctx)
+        ctx.timings.setdefault(m, {})["total_s"] = round(time.perf_counter() - tic, 3)
+    return results
