@@ -12,8 +12,6 @@ from transformers import TrainerCallback
 from .estimate import fisher_scores
 from .select import select_by_fisher, summarize_selection
 
-_PEFT_PREFIX = "base_model.model."
-
 
 def swap_optimizer_params(
     optimizer: torch.optim.Optimizer, swapped: dict[nn.Parameter, Optional[nn.Parameter]]
@@ -87,8 +85,8 @@ class FisherSelectionCallback(TrainerCallback):
         scores = fisher_scores(model, loader, num_samples=self.num_samples, kind=self.kind)
         selected = select_by_fisher(scores, fraction=self.fraction, count=self.count, granularity=self.granularity)
         self.summary = summarize_selection(selected, scores)
-        # scores of a PeftModel are named as its modules; the adapter's mask is relative to the wrapped model
-        mask = {name.removeprefix(_PEFT_PREFIX): per_param for name, per_param in selected.items()}
+        # fisher_scores names the norms as in the base model, which is what set_mask expects
+        mask = selected
         swapped = tuner.set_mask(mask, adapter_name=self.adapter_name)
         if optimizer is not None:
             swap_optimizer_params(optimizer, swapped)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from functools import partial
 from typing import Any
 
 import torch
@@ -37,6 +36,7 @@ TASKS = (
     "multi_label_classification",
     "token_classification",
     "causal_lm",
+    "seq2seq_lm",
 )
 IGNORE_INDEX = -100
 _PARAM_NAMES = ("weight", "bias")
@@ -160,12 +160,110 @@ def _call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
     return logits
 
 
-def _attention_mask(inputs: Any) -> torch.Tensor | None:
+def _attention_mask(inputs: Any, key: str = "attention_mask") -> torch.Tensor | None:
     if isinstance(inputs, Mapping):
-        mask = inputs.get("attention_mask")
+        mask = inputs.get(key)
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
             return mask
     return None
+
+
+def _seq_len(inputs: Any, prefix: str = "") -> int | None:
+    """Token count of the (encoder or, with ``prefix="decoder_"``, decoder) inputs, read from their shapes."""
+    if not isinstance(inputs, Mapping):
+        return None
+    for key in ("input_ids", "attention_mask", "inputs_embeds"):
+        value = inputs.get(prefix + key)
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            return int(value.shape[1])
+    return None
+
+
+def _is_encoder_decoder(model: nn.Module) -> bool:
+    base = _base_model(model)
+    if not getattr(getattr(base, "config", None), "is_encoder_decoder", False):
+        return False
+    get_enc, get_dec = getattr(base, "get_encoder", None), getattr(base, "get_decoder", None)
+    if not (callable(get_enc) and callable(get_dec)):
+        return False
+    try:
+        enc, dec = get_enc(), get_dec()
+    except (AttributeError, NotImplementedError, TypeError):  # transformers' generic lookups raise these
+        return False
+    return isinstance(enc, nn.Module) and isinstance(dec, nn.Module) and enc is not dec and enc is not base
+
+
+def _decoder_start_id(base: nn.Module) -> int | None:
+    for cfg in (getattr(base, "config", None), getattr(base, "generation_config", None)):
+        start = getattr(cfg, "decoder_start_token_id", None) if cfg is not None else None
+        if start is not None:
+            return int(start)
+    return None
+
+
+def _decoder_inputs_from_labels(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """``decoder_input_ids`` as the seq2seq models build them from ``labels``: shifted right behind the decoder start
+    token, ``-100`` replaced by the pad id (``prepare_decoder_input_ids_from_labels`` when the model has it)."""
+    base = _base_model(model)
+    start = _decoder_start_id(base)
+    pad = getattr(getattr(base, "config", None), "pad_token_id", None)
+    if start is None:
+        raise ValueError(
+            f"fisher_scores: {type(base).__name__} has no decoder_start_token_id (config or generation_config), so "
+            "decoder_input_ids cannot be built from the labels; set config.decoder_start_token_id or pass "
+            "decoder_input_ids in the batch"
+        )
+    prepare = getattr(base, "prepare_decoder_input_ids_from_labels", None)
+    if callable(prepare) and getattr(base.config, "decoder_start_token_id", None) is not None:
+        return prepare(labels=labels)
+    shifted = labels.new_zeros(labels.shape)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = start
+    return shifted.masked_fill_(shifted == IGNORE_INDEX, 0 if pad is None else int(pad))
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _prepare_inputs(model: nn.Module, inputs: Any, labels: torch.Tensor | None) -> Any:
+    """The model inputs of a batch, completed as the model's own training forward would complete them.
+
+    Encoder-decoder models get ``decoder_input_ids`` from the labels (the labels are not passed to the model: the
+    loss is formed here). Causal LMs with left padding get ``position_ids`` counted from the first real token (as
+    ``generate`` does), so a sample's positions do not depend on how much padding precedes it.
+    """
+    if not isinstance(inputs, Mapping):
+        return inputs
+    if (
+        labels is not None
+        and "decoder_input_ids" not in inputs
+        and "decoder_inputs_embeds" not in inputs
+        and _is_encoder_decoder(model)
+    ):
+        if labels.dim() != 2 or labels.is_floating_point():
+            raise ValueError(
+                f"fisher_scores: an encoder-decoder batch needs token labels [batch, target length] to build the "
+                f"decoder inputs from, got labels of shape {tuple(labels.shape)} ({labels.dtype}); pass "
+                "decoder_input_ids in the batch"
+            )
+        inputs = {**inputs, "decoder_input_ids": _decoder_inputs_from_labels(model, labels)}
+    mask = _attention_mask(inputs)
+    if (
+        mask is not None
+        and "position_ids" not in inputs
+        and bool((mask[:, 0] == 0).any())
+        and _task_of_model(model) == "causal_lm"
+        and _accepts(model, "position_ids")
+    ):
+        inputs = {**inputs, "position_ids": (mask.long().cumsum(-1) - 1).clamp_(min=0)}
+    return inputs
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -177,14 +275,26 @@ def _base_model(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
-def _detect_task(model: nn.Module, inputs: Any, labels: torch.Tensor | None, logits: torch.Tensor) -> str:
-    """Task from the model class and config, then from the shapes of labels and logits (transformers' rules)."""
+def _task_of_model(model: nn.Module) -> str | None:
+    """Task told by the model class alone (None when the batch has to decide)."""
     base = _base_model(model)
     cls_name = type(base).__name__
-    if cls_name.endswith(("ForCausalLM", "LMHeadModel")):
-        return "causal_lm"
     if cls_name.endswith("ForTokenClassification"):
         return "token_classification"
+    if _is_encoder_decoder(base) and cls_name.endswith(("ForConditionalGeneration", "Seq2SeqLM", "LMHeadModel")):
+        return "seq2seq_lm"
+    if cls_name.endswith(("ForCausalLM", "LMHeadModel")):
+        return "causal_lm"
+    return None
+
+
+def _detect_task(model: nn.Module, inputs: Any, labels: torch.Tensor | None, logits: torch.Tensor) -> str:
+    """Task from the model class and config, then from the shapes of labels and logits (transformers' rules)."""
+    known = _task_of_model(model)
+    if known is not None:
+        return known
+    base = _base_model(model)
+    cls_name = type(base).__name__
     problem = getattr(getattr(base, "config", None), "problem_type", None)
     if problem == "regression":
         return "regression"
@@ -238,7 +348,18 @@ def _token_targets(task: str, logits: torch.Tensor, labels: torch.Tensor | None,
             mask = _attention_mask(inputs)
             if mask is not None:
                 labels[mask == 0] = IGNORE_INDEX
-        return logits[:, :-1], labels[:, 1:].to(logits.device)
+        targets = labels[:, 1:].to(logits.device)
+        mask = _attention_mask(inputs)
+        if mask is not None:  # a padding position predicts nothing (with left padding it precedes the first token)
+            targets = targets.masked_fill(mask[:, :-1].to(targets.device) == 0, IGNORE_INDEX)
+        return logits[:, :-1], targets
+    if task == "seq2seq_lm":
+        if labels is None:  # kind="true": every decoder position (but decoder padding) is a sample position
+            labels = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)
+            mask = _attention_mask(inputs, "decoder_attention_mask")
+            if mask is not None:
+                labels[mask.to(labels.device) == 0] = IGNORE_INDEX
+        return logits, labels.to(logits.device)
     if labels is None:
         labels = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)
         mask = _attention_mask(inputs)
@@ -279,7 +400,7 @@ def _per_sample_nll(
         else:
             target = labels.to(pred).reshape(batch, -1)
         return F.binary_cross_entropy_with_logits(pred, target, reduction="none").sum(1)
-    if task in ("token_classification", "causal_lm"):
+    if task in ("token_classification", "causal_lm", "seq2seq_lm"):
         tok_logits, tok_labels = _token_targets(task, logits, labels, inputs)
         valid = tok_labels != IGNORE_INDEX
         if kind == "true":
@@ -332,26 +453,35 @@ def affine_slope(module: nn.Module, x: torch.Tensor, *, zero_offset: bool = Fals
         return y1 - torch.func.functional_call(module, params, (x,))
 
 
-def _channel_dim(module: nn.Module, out: torch.Tensor, size: int) -> int:
-    """Which dim of the norm output the 1-D parameters scale: channels-first for GroupNorm and ``*Norm2d``."""
-    if (isinstance(module, nn.GroupNorm) or type(module).__name__.lower().endswith("2d")) and out.dim() > 1:
-        if out.shape[1] == size:
-            return 1
-    if out.shape[-1] == size:
-        return out.dim() - 1
-    if out.dim() > 1 and out.shape[1] == size:
+_CHANNELS_FIRST = ("channels_first", "NCHW", "NCL", "NCDHW")
+_CHANNELS_LAST = ("channels_last", "NHWC", "NLC", "NDHWC")
+
+
+def norm_channel_dim(module: nn.Module, ndim: int) -> int:
+    """Which dim of an ``ndim``-dim norm output its 1-D gain and bias scale, from the norm's definition.
+
+    A ``data_format`` attribute decides (timm/HF ConvNeXt ``LayerNorm``: ``"channels_first"`` or ``"channels_last"``);
+    ``GroupNorm`` and the ``*2d`` norm classes (timm ``LayerNorm2d``, ``RmsNorm2d``) are channels-first (dim 1);
+    everything else normalises the last dim (``nn.LayerNorm``, ``RMSNorm``, the HF/timm RMS norms). The sizes of the
+    output are never consulted: a channel count equal to a spatial size would make that a guess.
+    """
+    fmt = getattr(module, "data_format", None)
+    if isinstance(fmt, str) and fmt in _CHANNELS_FIRST:
         return 1
-    raise ValueError(
-        f"fisher_scores: cannot match the {size} parameters of {type(module).__name__} to an output of shape "
-        f"{tuple(out.shape)}"
-    )
+    if isinstance(fmt, str) and fmt in _CHANNELS_LAST:
+        return ndim - 1
+    if isinstance(module, nn.GroupNorm) or type(module).__name__.lower().endswith("2d"):
+        return 1 if ndim > 1 else 0
+    return ndim - 1
 
 
 class _Collector:
     """Hooks every norm and accumulates its per-sample parameter gradients, batch by batch."""
 
-    def __init__(self, norms: list[NormInfo], device: torch.device) -> None:
+    def __init__(self, norms: list[NormInfo], device: torch.device, stacks: dict[str, str] | None = None) -> None:
         self.norms = norms
+        # which inputs each norm sees: "encoder"/"decoder" in an encoder-decoder model, else "main"
+        self.stacks = stacks or {}
         # One flat fp64 accumulator; ``sums[name][param]`` are views into it (one add and one all-reduce per batch).
         self.layout = [
             (info.name, pname, getattr(info.module, pname).shape)
@@ -371,7 +501,7 @@ class _Collector:
         self.calls = {info.name: 0 for info in norms}
         self._zero_offset: dict[int, bool] = {}
         self._batch: dict[str, dict[str, torch.Tensor]] = {}
-        self._mask: torch.Tensor | None = None
+        self._layouts: dict[str, tuple[int | None, torch.Tensor | None]] = {}
         self._size = 0
         self._handles: list[Any] = []
 
@@ -386,9 +516,10 @@ class _Collector:
             handle.remove()
         self._handles.clear()
 
-    def begin(self, mask: torch.Tensor | None, size: int) -> None:
+    def begin(self, size: int, layouts: dict[str, tuple[int | None, torch.Tensor | None]]) -> None:
+        """Start a batch of ``size`` samples; ``layouts[stack] = (token count, padding mask [B, T] or None)``."""
         self._batch = {}
-        self._mask = None if mask is None else mask.to(torch.float32)
+        self._layouts = {k: (t, None if m is None else m.to(torch.float32)) for k, (t, m) in layouts.items()}
         self._size = size
 
     def _make_forward_hook(self, name: str, module: nn.Module):
@@ -418,25 +549,49 @@ class _Collector:
             return slope
         return affine_slope(module, x, zero_offset=self._zero_offset[key])
 
+    def _per_sample(self, name: str, grad: torch.Tensor, slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Give ``grad`` and ``slope`` the batch as their first dim: a norm that sees flattened rows (batch x tokens,
+        hidden) gets them reshaped to (batch, tokens, hidden), the token count read from the model's inputs."""
+        size = self._size
+        lead = grad.shape[0]
+        if lead == size:
+            return grad, slope
+        tokens, _ = self._layouts.get(self.stacks.get(name, "main"), (None, None))
+        if tokens is not None and lead == size * tokens:
+            return grad.unflatten(0, (size, tokens)), slope.unflatten(0, (size, tokens))
+        seen = "no token dim in the inputs" if tokens is None else f"{size} x {tokens} tokens = {size * tokens}"
+        raise ValueError(
+            f"fisher_scores: norm {name!r} output has leading dim {lead}, which is neither the batch size {size} nor "
+            f"batch x tokens ({seen}), so its rows cannot be mapped to samples; per-sample gradients need the norm "
+            "input to be [batch, ...] or flattened [batch * tokens, ...] of the model's input tokens"
+        )
+
     def _on_grad(self, name: str, module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
         with torch.no_grad():
             size = self._size
             weight = module.weight
-            if grad.shape[0] != size:
-                raise ValueError(
-                    f"fisher_scores: norm {name!r} output has leading dim {grad.shape[0]}, not the batch size {size}; "
-                    "per-sample gradients need the batch as the first dim"
-                )
-            cdim = _channel_dim(module, grad, weight.shape[0]) if weight.dim() == 1 else grad.dim() - weight.dim()
-            g = grad.float()
-            slope = self._slope(module, x).float()
+            numel = weight.numel()
+            g, slope = self._per_sample(name, grad.float(), self._slope(module, x).float())
+            flat_rows = g.dim() != grad.dim()
+            if weight.dim() == 1:
+                cdim = norm_channel_dim(module, grad.dim()) + int(flat_rows)
+                if g.shape[cdim] != numel:
+                    raise ValueError(
+                        f"fisher_scores: norm {name!r} ({type(module).__name__}) has {numel} parameters per kind but "
+                        f"its output has {g.shape[cdim]} entries along dim {cdim} (output shape {tuple(grad.shape)}), "
+                        "the dim its definition scales; give the norm a data_format attribute ('channels_first' or "
+                        "'channels_last') if it permutes its input"
+                    )
+            else:
+                cdim = g.dim() - weight.dim()
+            # padding positions of [batch, tokens, hidden] outputs are left out (mask of this norm's stack)
+            _, mask = self._layouts.get(self.stacks.get(name, "main"), (None, None))
+            apply_mask = mask is not None and g.dim() == 3 and cdim == 2 and tuple(g.shape[:2]) == tuple(mask.shape)
             if cdim != g.dim() - 1 and weight.dim() == 1:
                 g, slope = g.movedim(cdim, -1), slope.movedim(cdim, -1)
-            numel = weight.numel()
             g = g.reshape(size, -1, numel)
             slope = slope.reshape(size, -1, numel)
-            mask = self._mask
-            if mask is not None and grad.dim() == 3 and cdim == 2 and tuple(grad.shape[:2]) == tuple(mask.shape):
+            if apply_mask:
                 m = mask.to(g.device).unsqueeze(1)  # [B, 1, T]: the reduction over positions is a batched matmul
                 per_w = torch.bmm(m, g * slope).squeeze(1)
                 per_b = torch.bmm(m, g).squeeze(1) if "bias" in self.sums[name] else None
@@ -454,8 +609,8 @@ class _Collector:
                 if per_b is not None:
                     acc["bias"] += per_b.reshape(size, *weight.shape)
 
-    def end(self) -> torch.Tensor:
-        """Square and accumulate this batch's per-sample gradients; returns their total (for the finite check)."""
+    def end(self, where: str) -> None:
+        """Square and accumulate this batch's per-sample gradients; a non-finite one raises, naming its norm."""
         batch, self._batch = self._batch, {}
         pieces = [batch.get(name, {}).get(pname) for name, pname, _ in self.layout]
         if all(piece is not None for piece in pieces):  # usual case: every norm ran; one cat, one reduction
@@ -464,15 +619,27 @@ class _Collector:
                 .square()
                 .sum(0, dtype=torch.float64)
             )
-            self.flat += sq
-            return sq.sum()
-        total = torch.zeros((), dtype=torch.float64, device=self.flat.device)
-        for (name, pname, _), piece in zip(self.layout, pieces):
-            if piece is not None:
-                sq = piece.square().sum(0, dtype=torch.float64)
-                self.sums[name][pname] += sq
-                total = total + sq.sum()
-        return total
+            if bool(torch.isfinite(sq.sum())):
+                self.flat += sq
+                return
+        else:
+            sqs = [None if piece is None else piece.square().sum(0, dtype=torch.float64) for piece in pieces]
+            present = [t.sum() for t in sqs if t is not None]
+            if not present or bool(torch.isfinite(torch.stack(present).sum())):
+                for (name, pname, _), sq in zip(self.layout, sqs):
+                    if sq is not None:
+                        self.sums[name][pname] += sq
+                return
+        bad = [
+            f"{name}.{pname}"
+            for (name, pname, _), piece in zip(self.layout, pieces)
+            if piece is not None and not bool(torch.isfinite(piece).all())
+        ]
+        raise FloatingPointError(
+            f"fisher_scores: {where} gave non-finite per-sample gradients at norm {bad[0]!r}"
+            f"{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}; check the inputs/labels, that norm's "
+            "parameters and the model's dtype"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -565,13 +732,62 @@ def _validate(kind: str, task: str | None, num_samples: int | None) -> None:
 
 
 def _norms_of(model: nn.Module) -> list[NormInfo]:
-    norms = find_norms(model)
+    """The norms to score, named as in the base model (a ``PeftModel``'s ``base_model.model.`` prefix dropped), so a
+    selection made from the scores fits ``LNTuneConfig(mask=...)`` on a fresh base and ``set_mask`` alike."""
+    norms = find_norms(_base_model(model))
     if not norms:
         raise ValueError(
             f"{type(model).__name__} has {norm_type_summary(model)}: there is nothing to score; lntune scores "
             "LayerNorm/RMSNorm/GroupNorm-style layers with a 1-D weight (and optional bias)"
         )
     return norms
+
+
+def _first_nonfinite_norm(model: nn.Module, norms: list[NormInfo], inputs: Any) -> str:
+    """Which norm first puts out a non-finite value on ``inputs`` (an extra forward, on the error path only)."""
+    found: list[str] = []
+
+    def probe(name: str):
+        def hook(called: nn.Module, args: tuple, output: Any) -> None:
+            if not found and isinstance(output, torch.Tensor) and not bool(torch.isfinite(output).all()):
+                source = "its input" if args and not bool(torch.isfinite(args[0]).all()) else "the norm itself"
+                found.append(f"the first non-finite norm output is at norm {name!r} (from {source})")
+
+        return hook
+
+    handles = [info.called.register_forward_hook(probe(info.name)) for info in norms]
+    try:
+        with torch.no_grad():
+            _call_model(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else "every norm output is finite (the head or the loss is not)"
+
+
+def _norm_stacks(model: nn.Module, norms: list[NormInfo]) -> dict[str, str]:
+    """``"encoder"`` / ``"decoder"`` for each norm of an encoder-decoder model (by module membership)."""
+    base = _base_model(model)
+    encoder = {id(m) for m in base.get_encoder().modules()}
+    decoder = {id(m) for m in base.get_decoder().modules()}
+    stacks = {}
+    for info in norms:
+        if id(info.called) in decoder:
+            stacks[info.name] = "decoder"
+        elif id(info.called) in encoder:
+            stacks[info.name] = "encoder"
+        else:
+            stacks[info.name] = "other"
+    return stacks
+
+
+def _layouts(inputs: Any, enc_dec: bool) -> dict[str, tuple[int | None, torch.Tensor | None]]:
+    """(token count, padding mask) of the inputs each stack of norms sees."""
+    main = (_seq_len(inputs), _attention_mask(inputs))
+    if not enc_dec:
+        return {"main": main}
+    decoder = (_seq_len(inputs, "decoder_"), _attention_mask(inputs, "decoder_attention_mask"))
+    return {"encoder": main, "decoder": decoder}
 
 
 def _finish(
@@ -598,7 +814,11 @@ def fisher_scores(
     """Diagonal Fisher of every norm gain and bias scalar of ``model`` over the first ``num_samples`` samples.
 
     ``loader`` yields batches (dicts with ``labels``, ``(inputs, labels)`` pairs or input tensors); every batch costs one
-    forward and one backward, and padding positions (``attention_mask == 0``) are left out. ``kind="empirical"`` uses
+    forward and one backward, and padding positions (``attention_mask == 0``; left or right padding) are left out.
+    Encoder-decoder batches may be the standard ``input_ids``/``attention_mask``/``labels`` ones: the decoder inputs are
+    built from the labels as the model does (labels ``-100`` are not predicted). Norms that see flattened
+    ``[batch * tokens, ...]`` rows are mapped back to samples by the token count of the model's inputs. Scores are named
+    as in the base model (no ``PeftModel`` prefix), so a selection fits ``LNTuneConfig(mask=...)``. ``kind="empirical"`` uses
     the batch labels, ``kind="true"`` draws them from the model's predictive distribution (seeded per sample position,
     so the draw does not depend on batching or sharding). ``task`` is detected from the model and batch unless given
     (one of :data:`TASKS`). ``num_samples=None`` uses every sample; a cap larger than the data warns and uses all.
@@ -614,10 +834,8 @@ def fisher_scores(
     rank, world = _dist_context(accelerator)
     device = next(model.parameters()).device
     params = _norm_params(norms)
-    collector = _Collector(norms, device)
-    # The attention mask masks the positions of norm outputs shaped [B, T, H]; in an encoder-decoder model it is the
-    # encoder's mask and would not fit the decoder's norms, so there it is not applied (padding gets ~0 gradient).
-    use_mask = not getattr(getattr(_base_model(model), "config", None), "is_encoder_decoder", False)
+    enc_dec = _is_encoder_decoder(model)
+    collector = _Collector(norms, device, _norm_stacks(model, norms) if enc_dec else None)
     cap = num_samples
     seen = 0  # samples of all processes so far (global sample index of the next batch)
     local = 0
@@ -636,18 +854,21 @@ def fisher_scores(
                         inputs, labels = _take(inputs, n, size), (None if labels is None else _take(labels, n, size))
                     inputs = _map_tensors(inputs, lambda t: t.to(device))
                     labels = None if labels is None else labels.to(device)
-                    collector.begin(_attention_mask(inputs) if use_mask else None, n)
+                    inputs = _prepare_inputs(model, inputs, labels)
+                    collector.begin(n, _layouts(inputs, enc_dec))
                     logits = _call_model(model, inputs)
                     if task is None:
                         task = _detect_task(model, inputs, labels, logits)
                     loss = _per_sample_nll(task, kind, logits, labels, inputs, seed, start).sum()
-                    torch.autograd.grad(loss, params, allow_unused=True)
-                    total = collector.end()
-                    if not bool(torch.isfinite(torch.stack([loss.detach().double().cpu(), total.cpu()])).all()):
+                    where = f"batch {batch_idx} (samples {start}..{start + n - 1})"
+                    if not bool(torch.isfinite(loss.detach())):
                         raise FloatingPointError(
-                            f"fisher_scores: batch {batch_idx} (samples {start}..{start + n - 1}) gave a non-finite "
-                            f"loss or gradient (loss={loss.item()}); check the inputs/labels and the model's dtype"
+                            f"fisher_scores: {where} gave a non-finite loss ({loss.item()}); "
+                            f"{_first_nonfinite_norm(model, norms, inputs)}; check the inputs/labels, the norm "
+                            "parameters and the model's dtype"
                         )
+                    torch.autograd.grad(loss, params, allow_unused=True)
+                    collector.end(where)
                     local += n
                 if cap is not None and seen >= cap:
                     break
@@ -694,8 +915,14 @@ def _is_dataset(data: Any) -> bool:
     return isinstance(data, torch.utils.data.Dataset) or hasattr(data, "column_names")
 
 
-def _iter_samples(data: Any) -> Iterator[tuple[Any, torch.Tensor | None]]:
-    """(inputs, labels) of single samples, batch dim 1, padding removed."""
+# Keys whose dim 1 runs over the encoder (or only) input tokens, and over the decoder tokens.
+_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds", "special_tokens_mask")
+_DECODER_KEYS = tuple("decoder_" + key for key in _TOKEN_KEYS)
+
+
+def _iter_samples(data: Any, enc_dec: bool = False) -> Iterator[tuple[Any, torch.Tensor | None]]:
+    """(inputs, labels) of single samples, batch dim 1, padding removed (by ``attention_mask`` for the token inputs
+    and token labels; by ``decoder_attention_mask``, when given, for the decoder inputs and seq2seq labels)."""
     if _is_dataset(data):
         for i in range(len(data)):
             example = data[i]
@@ -709,20 +936,35 @@ def _iter_samples(data: Any) -> Iterator[tuple[Any, torch.Tensor | None]]:
         inputs, labels = _split_batch(batch)
         size = _batch_size(inputs)
         mask = _attention_mask(inputs)
+        dec_mask = _attention_mask(inputs, "decoder_attention_mask")
         for i in range(size):
             keep = None if mask is None else mask[i].bool()
-            pick = partial(_pick_sample, index=i, size=size, keep=keep)
-            yield _map_tensors(inputs, pick), (None if labels is None else pick(labels))
+            dec_keep = None if dec_mask is None else dec_mask[i].bool()
+            sample = _pick_sample(inputs, i, size)
+            if isinstance(sample, dict):
+                for key in sample:
+                    if key in _TOKEN_KEYS or key in _DECODER_KEYS:
+                        sample[key] = _drop_padding(sample[key], dec_keep if key in _DECODER_KEYS else keep)
+            label = None if labels is None else _pick_sample(labels, i, size)
+            if label is not None and label.dim() >= 2 and not label.is_floating_point():  # token labels
+                label = _drop_padding(label, dec_keep if enc_dec else keep)
+            yield sample, label
 
 
-def _pick_sample(t: torch.Tensor, index: int, size: int, keep: torch.Tensor | None) -> torch.Tensor:
-    """Sample ``index`` of a batch tensor (batch dim kept, size 1), without its padding positions."""
-    if t.dim() == 0 or t.shape[0] != size:
+def _pick_sample(obj: Any, index: int, size: int) -> Any:
+    """Sample ``index`` of every batch tensor in ``obj`` (batch dim kept, size 1)."""
+    return _map_tensors(obj, lambda t: t if t.dim() == 0 or t.shape[0] != size else t[index : index + 1])
+
+
+def _drop_padding(t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    if keep is None or t.dim() < 2:
         return t
-    t = t[index : index + 1]
-    if keep is not None and t.dim() >= 2 and t.shape[1] == keep.shape[0]:
-        t = t[:, keep]
-    return t
+    if t.shape[1] != keep.shape[0]:
+        raise ValueError(
+            f"fisher_scores_reference: a token tensor of shape {tuple(t.shape)} does not match its attention mask "
+            f"of length {keep.shape[0]}"
+        )
+    return t[:, keep]
 
 
 def _reference_nll(
@@ -747,7 +989,7 @@ def _reference_nll(
     if task == "causal_lm":
         y = labels if labels is not None else inputs["input_ids"]
         logits, y = logits[0, :-1], y[0, 1:].to(logits.device)
-    elif task == "token_classification":
+    elif task in ("token_classification", "seq2seq_lm"):
         logits, y = logits[0], labels[0].to(logits.device) if labels is not None else None
         if y is None:
             y = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
@@ -786,10 +1028,12 @@ def fisher_scores_reference(
     count = 0
     with _ScoringMode(model, params):
         device = next(model.parameters()).device
-        for inputs, labels in _iter_samples(data):
+        for inputs, labels in _iter_samples(data, _is_encoder_decoder(model)):
             if num_samples is not None and count >= num_samples:
                 break
             inputs = _map_tensors(inputs, lambda t: t.to(device))
+            labels = None if labels is None else labels.to(device)
+            inputs = _prepare_inputs(model, inputs, labels)
             logits = _call_model(model, inputs)
             if task is None:
                 task = _detect_task(model, inputs, labels, logits)
@@ -800,7 +1044,7 @@ def fisher_scores_reference(
                 sums[name][pname] = sums[name].get(pname, 0) + sq
             count += 1
     if count == 0:
-        raise ValueError("fisher_scores_reference: the data yielded no samples")
+        raise ValueError("fisher_scores_reference: the data yielded no samples; pass non-empty data")
     return _finish(sums, count, norms, kind, task)
 
 
@@ -811,4 +1055,5 @@ __all__ = [
     "affine_slope",
     "fisher_scores",
     "fisher_scores_reference",
+    "norm_channel_dim",
 ]

@@ -16,7 +16,7 @@ import transformers
 from torch import nn
 
 from lntune.fisher import FisherScores, fisher_scores, fisher_scores_reference
-from lntune.fisher.estimate import _fast_slope, affine_slope
+from lntune.fisher.estimate import _fast_slope, affine_slope, norm_channel_dim
 
 from ..models import SHARED_DATA
 
@@ -116,8 +116,6 @@ def _norm_classes():
     "module,shape", _norm_classes(), ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else ""
 )
 def test_norm_output_is_affine_in_its_parameters(module: nn.Module, shape: tuple[int, ...]) -> None:
-    from lntune.fisher.estimate import _channel_dim
-
     torch.manual_seed(0)
     x = torch.randn(shape)
     with torch.no_grad():
@@ -131,7 +129,7 @@ def test_norm_output_is_affine_in_its_parameters(module: nn.Module, shape: tuple
         y = module(x)
         offset = torch.func.functional_call(module, zeros, (x,))
     slope = affine_slope(module, x)
-    cdim = _channel_dim(module, y, w.shape[0])
+    cdim = norm_channel_dim(module, y.dim())
     view = [1] * y.dim()
     view[cdim] = -1
     expected = offset + slope * w.view(view) + (b.view(view) if has_bias else 0)
@@ -320,10 +318,10 @@ def test_peft_wrapped_model_scores_base_norms_and_restores_flags() -> None:
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     got = fisher_scores(model, batches, progress=False)
     assert got.task == "sequence_classification"
-    assert [n.removeprefix("base_model.model.") for n in got] == list(plain)
+    assert list(got) == list(plain)  # base-model names, no peft prefix
     for name, per_param in got.items():  # LoRA B starts at zero: same function, same scores
         for pname, t in per_param.items():
-            torch.testing.assert_close(t, plain[name.removeprefix("base_model.model.")][pname], rtol=1e-5, atol=0)
+            torch.testing.assert_close(t, plain[name][pname], rtol=1e-5, atol=0)
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
 
 
