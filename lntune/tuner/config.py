@@ -122,7 +122,7 @@ class LNTuneConfig(PeftConfig):
             if unknown or not self.roles:
                 raise ValueError(f"LNTuneConfig.roles must be a non-empty subset of {list(ROLES)}, got {self.roles}.")
         if self.mask is not None:
-            self.mask = _normalise_mask(self.mask)
+            self.mask = normalise_mask(self.mask)
 
     @property
     def selected_roles(self) -> Optional[list[str]]:
@@ -147,7 +147,7 @@ class LNTuneConfig(PeftConfig):
                 os.replace(os.path.join(tmp, name), os.path.join(save_directory, name))
 
 
-def _normalise_mask(mask: dict) -> dict[str, dict[str, list[int]]]:
+def normalise_mask(mask: dict) -> dict[str, dict[str, list[int]]]:
     """Validate a mask's structure and turn index containers into sorted lists of ints (JSON-ready)."""
     if not isinstance(mask, dict) or not mask:
         raise ValueError("LNTuneConfig.mask must be a non-empty dict: norm name -> {'weight': [...], 'bias': [...]}.")

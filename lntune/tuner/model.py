@@ -13,7 +13,7 @@ from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from ..norms import find_norms, is_norm, norm_type_summary
-from .config import LNTuneConfig, _normalise_mask
+from .config import LNTuneConfig, normalise_mask
 from .layer import BASE_ADAPTER, LNTuneLayer, Routing
 
 _PEFT_PREFIX = "base_model.model."
@@ -137,7 +137,7 @@ def check_mask(
     """Validate `mask` (default: `config.mask`) against `model`: it must name adapted norms, select only parameters
     they have and `config.params` tunes, and stay inside them. Returns the mask with names given relative to a
     PeftModel (`base_model.model.<name>`) turned into `model`'s own names, where that is unambiguous."""
-    mask = config.mask if mask is None else _normalise_mask(mask)
+    mask = config.mask if mask is None else normalise_mask(mask)
     if mask is None:
         return None
     norms = {info.name: info for info in find_norms(model)}
