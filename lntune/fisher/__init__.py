@@ -7,7 +7,8 @@ and ``top_modules`` describe it, and ``lntune.fisher.plot`` (imported on demand:
 """
 
 from lntune.fisher.callback import FisherSelectionCallback, swap_optimizer_params
-from lntune.fisher.estimate import KINDS, TASKS, FisherScores, fisher_scores, fisher_scores_reference
+from lntune.fisher.estimate import KINDS, TASKS, FisherScores, fisher_scores
+from lntune.fisher.reference import fisher_scores_reference
 from lntune.fisher.select import (
     NORMALIZATIONS,
     layer_key,

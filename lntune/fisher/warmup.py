@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from lntune.fisher.estimate import _map_tensors
+from lntune.fisher.batches import map_tensors
 
 # Module names of the task heads of transformers models (peft's SEQ_CLS/TOKEN_CLS/QA ``modules_to_save`` defaults).
 HEAD_NAMES: tuple[str, ...] = ("classifier", "score", "qa_outputs")
@@ -87,7 +87,7 @@ def warm_up_head(
                 raise TypeError(
                     f"warm_up_head: batches must be dicts of model inputs with `labels`, got {type(batch).__name__}"
                 )
-            out = model(**_map_tensors(batch, lambda t: t.to(device)))
+            out = model(**map_tensors(batch, lambda t: t.to(device)))
             loss = getattr(out, "loss", None)
             if loss is None:
                 raise ValueError("warm_up_head: the model returned no loss; the batches must contain `labels`")
