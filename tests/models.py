@@ -74,6 +74,28 @@ class _TimmWrapper(nn.Module):
         return {"logits": self.model(pixel_values)}
 
 
+def _timm_convnext() -> nn.Module:
+    """A tiny four-stage timm ConvNeXt with `conv_mlp=True`: channels-first `LayerNorm2d` in the stem and the blocks."""
+    from timm.models.convnext import ConvNeXt
+
+    return ConvNeXt(in_chans=3, num_classes=3, depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), conv_mlp=True)
+
+
+def _groupnorm_cnn() -> nn.Module:
+    """A small conv net with `nn.GroupNorm` (4 groups of 4 channels) after each convolution."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.GroupNorm(4, 16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.GroupNorm(4, 16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 3),
+    )
+
+
 def _quiet(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         torch.manual_seed(0)
@@ -139,6 +161,8 @@ MODELS: dict[str, ModelCase] = {
         _pixels(32),
     ),
     "timm_vit": ModelCase(_quiet(lambda: _TimmWrapper(_timm_vit())), _pixels(32)),
+    "timm_convnext": ModelCase(_quiet(lambda: _TimmWrapper(_timm_convnext())), _pixels(32)),
+    "groupnorm_cnn": ModelCase(_quiet(lambda: _TimmWrapper(_groupnorm_cnn())), _pixels(16)),
     "minilm": ModelCase(_quiet(_minilm), _ids(1000, length=12)),
 }
 

@@ -8,8 +8,9 @@ import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
 
-from lntune import LNTuneConfig
+from lntune import LNTuneConfig, LNTuneLayer
 
+from . import testing_common as tc
 from .models import build
 
 
@@ -237,3 +238,17 @@ def test_mask_naming_a_parameter_the_norm_lacks():
     base, _, _ = _bert()
     with pytest.raises(ValueError, match="tunes only params='weight'"):
         get_peft_model(base, LNTuneConfig(params="weight", mask={"bert.embeddings.LayerNorm": {"bias": [0]}}))
+
+
+def test_safe_merge_of_a_broken_adapter_raises_and_changes_nothing():
+    model, batch_fn, key = tc.make_peft("bert", {"task_type": "SEQ_CLS", "init_weights": False})
+    layer = next(m for m in model.modules() if isinstance(m, LNTuneLayer))
+    base = layer.get_base_layer()
+    before = {p: getattr(base, p).detach().clone() for p in ("weight", "bias")}
+    with torch.no_grad():
+        layer.lntune_bias["default"][0] = float("nan")  # the gain is fine, the bias is broken
+    with pytest.raises(ValueError, match="NaNs detected in the merged bias"):
+        layer.merge(safe_merge=True)
+    assert not layer.merged
+    for pname, value in before.items():
+        assert torch.equal(getattr(base, pname), value), f"the failed merge changed the base {pname}"

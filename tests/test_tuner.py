@@ -28,6 +28,8 @@ TEST_CASES = [
     ("T5 bias-free LayerNorm", "t5", {"task_type": "SEQ_2_SEQ_LM"}, 1e-5),
     ("HF ViT", "vit", {}, 1e-6),
     ("timm ViT", "timm_vit", {}, 1e-6),
+    ("timm ConvNeXt LayerNorm2d", "timm_convnext", {}, 1e-5),
+    ("GroupNorm CNN", "groupnorm_cnn", {}, 1e-6),
     # ---- filters, presets and parameter choices
     ("BERT output LN only", "bert", {"task_type": "SEQ_CLS", "preset": "output"}, 1e-6),
     (
@@ -37,7 +39,7 @@ TEST_CASES = [
         1e-6,
     ),
     ("GPT-2 biases only", "gpt2", {"params": "bias"}, 1e-5),
-    ("ViT regex target", "vit", {"target_modules": r".*layers\.1\..*"}, 1e-6),
+    ("ViT regex target", "vit", {"target_modules": r".*layers?\.1\..*"}, 1e-6),  # `layer.N` before transformers 5
     ("Llama exclude final norm", "llama", {"exclude_modules": ["model.norm"]}, 1e-5),
     # ---- sparse (masked) adapters
     ("BERT masked subset", "bert", {"task_type": "SEQ_CLS", "mask": _first_indices}, 1e-6),

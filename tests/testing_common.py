@@ -80,7 +80,7 @@ def check_merge(model_id: str, config_kwargs: dict, atol: float) -> None:
     model.eval()
     batch = batch_fn(3)
     adapted = _out(model, batch, key)
-    model.merge_adapter()
+    model.merge_adapter(safe_merge=True)
     torch.testing.assert_close(_out(model, batch, key), adapted, atol=atol, rtol=0)
     model.unmerge_adapter()
     torch.testing.assert_close(_out(model, batch, key), adapted, atol=atol, rtol=0)

@@ -10,9 +10,10 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 from torch.func import functional_call
+
+from .compat import BaseTunerLayer, check_adapters_to_merge
 
 BASE_ADAPTER = "__base__"  # the name that routes a row of a mixed batch to the base model
 _RANDOM_INIT_STD = 0.1
@@ -309,20 +310,24 @@ class LNTuneLayer(nn.Module, BaseTunerLayer):
         for adapter_name in adapter_names:
             if not self.has_adapter(adapter_name):
                 continue
+            # compute and check both merged tensors before writing either, so a failed safe merge changes nothing
+            merged: dict[str, torch.Tensor] = {}
             for pname in ("weight", "bias"):
                 delta = self.dense_delta(pname, adapter_name)
                 if delta is None:
                     continue
                 param = getattr(base, pname)
-                if pname not in self._premerge:
-                    # keep the original values so that unmerge restores them exactly, in any dtype
-                    self._premerge[pname] = param.data.detach().clone()
-                merged = (param.data.float() + delta.detach().view_as(param)).to(param.dtype)
-                if safe_merge and not torch.isfinite(merged).all():
+                merged[pname] = (param.data.float() + delta.detach().view_as(param)).to(param.dtype)
+                if safe_merge and not torch.isfinite(merged[pname]).all():
                     raise ValueError(
                         f"NaNs detected in the merged {pname} of {self.module_name}: adapter {adapter_name} seems broken"
                     )
-                param.data.copy_(merged)
+            for pname, value in merged.items():
+                param = getattr(base, pname)
+                if pname not in self._premerge:
+                    # keep the original values so that unmerge restores them exactly, in any dtype
+                    self._premerge[pname] = param.data.detach().clone()
+                param.data.copy_(value)
             self.merged_adapters.append(adapter_name)
 
     def unmerge(self) -> None:
