@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -27,8 +28,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 
+from lntune.assets import minilm_dir  # noqa: E402
 from lntune.fisher import fisher_scores, fisher_scores_reference  # noqa: E402
-from lntune.fisher.plot import DEFAULT_SST2, minilm_dir, read_sst2, text_batches  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes" / "fisher"))
+from score_minilm import DEFAULT_SST2, read_sst2, text_batches  # noqa: E402
+
 from lntune.norms import find_norms  # noqa: E402
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,7 +177,8 @@ def test_plot_scores_writes_a_png_atomically(tmp_path: Path) -> None:
 def test_plot_cli_on_minilm_and_sst2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if not (SST2_DIR / "train.tsv").exists():
         pytest.skip(f"no SST-2 data at {SST2_DIR}")
-    from lntune.fisher.plot import main
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes" / "fisher"))
+    from score_minilm import main
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = tmp_path / "fisher.png"
