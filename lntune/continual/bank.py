@@ -30,11 +30,13 @@ from torch import nn
 
 from ..tuner import BASE_ADAPTER, LNTuneConfig, LNTuneLayer
 from .backbone import Encoder, as_encoder
+from .router import ClassStatistics
 from .splits import as_int_list
 
-__all__ = ["KEY_MODES", "BankOutput", "LNBank", "orthogonal_init"]
+__all__ = ["KEY_MODES", "ROUTERS", "BankOutput", "LNBank", "orthogonal_init"]
 
 KEY_MODES = ("task", "class")
+ROUTERS = ("keys", "lda")
 
 
 @dataclass
@@ -125,10 +127,14 @@ class LNBank(nn.Module):
         lntune_config: Optional[LNTuneConfig] = None,
         prefix: str = "task_",
         seed: int = 0,
+        router: str = "keys",
+        shrinkage: Optional[float] = None,
     ) -> None:
         super().__init__()
         if key_mode not in KEY_MODES:
             raise ValueError(f"key_mode must be one of {KEY_MODES}, got {key_mode!r}.")
+        if router not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, got {router!r}.")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
         lntune_config = lntune_config if lntune_config is not None else LNTuneConfig()
@@ -152,6 +158,8 @@ class LNBank(nn.Module):
         self.aux_classifier = copy.deepcopy(self.classifier)
         self.classifier.requires_grad_(False)
         self.aux_classifier.requires_grad_(False)
+        self.router = router
+        self.statistics = ClassStatistics(num_classes, self.dim, shrinkage) if router == "lda" else None
 
     # ------------------------------------------------------------------ structure
     @property
@@ -283,13 +291,33 @@ class LNBank(nn.Module):
         return torch.cat(keys), owner.to(keys[0].device)
 
     def select(self, queries: torch.Tensor, upto: Optional[int] = None) -> torch.Tensor:
-        """Task of each query: the owner of the key with the highest cosine similarity (tasks `0..upto`)."""
+        """Task of each query among tasks `0..upto`: the owner of the key with the highest cosine similarity
+        (`router="keys"`), or the task of the class the LDA statistics predict (`router="lda"`)."""
         if self.num_tasks == 0:
             raise ValueError("The bank has no task yet: add_task() first.")
         self.validate()
+        if self.router == "lda":
+            return self.task_scores(queries, upto).argmax(dim=-1)
         keys, owner = self.key_matrix(upto)
         sim = F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T
         return owner[sim.argmax(dim=-1).to(owner.device)]
+
+    def task_scores(self, queries: torch.Tensor, upto: Optional[int] = None) -> torch.Tensor:
+        """`(n, upto + 1)`: how well each query matches each task, the router's best score among the task's keys
+        (cosine) or classes (LDA discriminant)."""
+        upto = self.num_tasks - 1 if upto is None else self.check_task(upto)
+        if self.statistics is not None:
+            return self.statistics.task_scores(queries, self.class_task(), upto + 1).to(queries.device)
+        keys, owner = self.key_matrix(upto)
+        sim = F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T
+        out = torch.full((sim.shape[0], upto + 1), float("-inf"), device=sim.device)
+        index = owner.to(sim.device).unsqueeze(0).expand_as(sim)
+        return out.scatter_reduce(1, index, sim, reduce="amax", include_self=True)
+
+    def fit_router(self, queries: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add frozen queries and their (incremental) labels to the LDA statistics (nothing with key routing)."""
+        if self.statistics is not None:
+            self.statistics.update(queries, labels)
 
     def key_loss(self, queries: torch.Tensor, t: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Negative mean cosine similarity between task `t`'s queries and their key (class mode: their class's key;
@@ -333,14 +361,32 @@ class LNBank(nn.Module):
         return self._forward(inputs, names)
 
     def infer(
-        self, queries: Optional[torch.Tensor] = None, upto: Optional[int] = None, **inputs: torch.Tensor
+        self,
+        queries: Optional[torch.Tensor] = None,
+        upto: Optional[int] = None,
+        topk: int = 1,
+        **inputs: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(features, selected task) with the LN values inference picks: a query pass (skipped when cached
-        `queries` are given), then one routed pass."""
+        `queries` are given), then one routed pass.
+
+        `topk > 1`: the router proposes its `topk` best tasks, every candidate runs in one routed pass (`topk` rows
+        per sample), and each sample keeps the candidate whose own classes get the highest logit of the inference
+        head (the adapted model's confidence decides among the router's candidates)."""
         if queries is None:
             queries = self.query(**inputs)
-        task_ids = self.select(queries, upto)
-        return self.routed_features(task_ids, **inputs), task_ids
+        upto = self.num_tasks - 1 if upto is None else self.check_task(upto)
+        k = min(int(topk), upto + 1)
+        if k <= 1:
+            task_ids = self.select(queries, upto)
+            return self.routed_features(task_ids, **inputs), task_ids
+        candidates = self.task_scores(queries, upto).topk(k, dim=-1).indices.cpu()  # (n, k)
+        repeated = {name: v.repeat_interleave(k, dim=0) for name, v in inputs.items()}
+        features = self.routed_features(candidates.flatten(), **repeated)
+        logits = self.logits(features.float(), upto=upto, task_ids=candidates.flatten())
+        best = logits.max(dim=-1).values.view(-1, k).argmax(dim=-1).cpu()
+        rows = torch.arange(len(best))
+        return features.view(len(best), k, -1)[rows, best], candidates[rows, best]
 
     def class_task(self) -> torch.Tensor:
         """`class_task()[c]` is the task of class `c` (-1 for classes of no task yet)."""
@@ -390,6 +436,8 @@ class LNBank(nn.Module):
             "dim": self.dim,
             "task_classes": [list(c) for c in self.task_classes],
             "lntune_config": self.lntune_config.to_dict(),
+            "router": self.router,
+            "shrinkage": None if self.statistics is None else self.statistics.shrinkage,
         }
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -432,6 +480,8 @@ class LNBank(nn.Module):
                     if name in store:
                         out[f"adapters.{name}.{lname}.{pname}"] = store[name]
         out.update({f"keys.{t}": k for t, k in enumerate(self.keys)})
+        if self.statistics is not None:
+            out.update({f"statistics.{name}": b for name, b in self.statistics.named_buffers()})
         for head in ("classifier", "aux_classifier"):
             for pname, p in getattr(self, head).named_parameters():
                 out[f"{head}.{pname}"] = p

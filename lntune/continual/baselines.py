@@ -2,6 +2,7 @@
 """Baselines run in the same process, on the same data and cached queries as the banks.
 
 - ``nmc``: nearest class mean (cosine) on the frozen queries; no training.
+- ``lda``: shrunk LDA on the frozen queries (class means + one shared covariance, :mod:`~.router`); no training.
 - ``seq-ln``: one shared adapter and one head tuned task after task (logits restricted to the current task): the
   lower bound.
 - ``joint-ln``: one adapter and one head tuned on all tasks' data at once: the upper bound (final accuracy only).
@@ -18,9 +19,10 @@ import torch.nn.functional as F
 from .bank import LNBank
 from .context import RunContext, seed_task
 from .protocol import MethodResult, build_bank, finish_task, incremental_summary, rounded, start_method, step_line
+from .router import ClassStatistics
 from .stages import evaluate, train_task_lns
 
-__all__ = ["run_joint_ln", "run_nmc", "run_seq_ln", "shared_bank"]
+__all__ = ["run_joint_ln", "run_lda", "run_nmc", "run_seq_ln", "shared_bank"]
 
 
 def run_nmc(ctx: RunContext) -> MethodResult:
@@ -43,6 +45,27 @@ def run_nmc(ctx: RunContext) -> MethodResult:
         ctx.log(f"[nmc] task {t}: {step_line(ctx, state, t)}")
     summary = incremental_summary(ctx, state["preds"], state["task_preds"])
     return MethodResult("nmc", summary, {"task_id_source": "nearest class"})
+
+
+def run_lda(ctx: RunContext) -> MethodResult:
+    """Shrunk LDA on the frozen queries (class means + one shared covariance, streamed task by task): no training,
+    no stored samples. The task-id accuracy is that of the task of the predicted class (what `router="lda"` uses)."""
+    stream, cfg = ctx.stream, ctx.config
+    state: dict[str, Any] = {"preds": [], "task_preds": []}
+    task_of_class = np.concatenate([[t] * len(stream.task_classes(t)) for t in range(stream.num_tasks)])
+    queries = ctx.cache.get("train", stream.indices("train", 0)[:1])
+    stats = ClassStatistics(stream.split.num_classes, queries.shape[1], cfg.lda_shrinkage).to(queries.device)
+    shrinkage = []
+    for t in range(stream.num_tasks):
+        rows = stream.indices("train", t)
+        stats.update(ctx.cache.get("train", rows), torch.from_numpy(stream.train_labels[rows]))
+        pred = stats.predict(ctx.cache.get("test", stream.indices("test", t, seen=True))).cpu().numpy()
+        shrinkage.append(stats.last_shrinkage)
+        state["preds"].append(pred.tolist())
+        state["task_preds"].append(task_of_class[pred].tolist())
+        ctx.log(f"[lda] task {t}: {step_line(ctx, state, t)} shrinkage={stats.last_shrinkage:.4f}")
+    summary = incremental_summary(ctx, state["preds"], state["task_preds"])
+    return MethodResult("lda", summary, {"task_id_source": "class predicted by LDA", "shrinkage": shrinkage})
 
 
 def shared_bank(ctx: RunContext, method: str) -> tuple[LNBank, int, dict[str, Any]]:

@@ -136,6 +136,7 @@ def load_bank(
         lntune_config=_lntune_config(m["lntune_config"]),
         prefix=m["prefix"],
         seed=m["seed"],
+        **({"router": m["router"], "shrinkage": m.get("shrinkage")} if m.get("router", "keys") != "keys" else {}),
     )
     if bank.dim != m["dim"]:
         raise ValueError(f"{path} was saved for features of size {m['dim']}, this encoder gives {bank.dim}.")

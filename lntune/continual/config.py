@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from .bank import KEY_MODES
+from .bank import KEY_MODES, ROUTERS
 
 __all__ = ["PREDICTIONS", "RECTIFY_MASKS", "ContinualConfig"]
 
@@ -43,6 +43,13 @@ class ContinualConfig:
         seed (`int`): seeds the class order (in the recipe), the heads, the keys and each task's data order.
         num_workers (`int`): DataLoader workers.
         oracle_eval (`bool`): after the last task, also evaluate the two-pass bank with the true task's LN values.
+        router (`str`): how the two-pass bank picks the task of a sample: `"keys"` (the paper: nearest key) or
+            `"lda"` (the task of the class that shrunk LDA on the frozen queries predicts, :mod:`~.router`). The keys
+            are learnt either way, so both routers see the very same LN values.
+        router_topk (`int`): `1`: the router's task. `k > 1`: the router's `k` best tasks all run (one routed pass
+            of `k` rows per sample) and the one whose classes get the highest inference-head logit wins.
+        lda_shrinkage (`Optional[float]`): covariance shrinkage of the LDA statistics (router and `lda` method):
+            `None` = the OAS coefficient from the data, or a fixed value in [0, 1].
     """
 
     epochs: int = 5
@@ -63,12 +70,21 @@ class ContinualConfig:
     seed: int = 0
     num_workers: int = 0
     oracle_eval: bool = True
+    router: str = "keys"
+    router_topk: int = 1
+    lda_shrinkage: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.key_mode not in KEY_MODES:
             raise ValueError(f"key_mode must be one of {KEY_MODES}, got {self.key_mode!r}.")
         if self.rectify_mask not in RECTIFY_MASKS:
             raise ValueError(f"rectify_mask must be one of {RECTIFY_MASKS}, got {self.rectify_mask!r}.")
+        if self.router not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}.")
+        if isinstance(self.router_topk, bool) or not isinstance(self.router_topk, int) or self.router_topk < 1:
+            raise ValueError(f"router_topk must be a positive int, got {self.router_topk!r}.")
+        if self.lda_shrinkage is not None and not 0.0 <= self.lda_shrinkage <= 1.0:
+            raise ValueError(f"lda_shrinkage must be None (OAS) or lie in [0, 1], got {self.lda_shrinkage!r}.")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}.")
         for name in ("epochs", "batch_size", "eval_batch_size", "rectify_epochs", "layer_key_epochs"):

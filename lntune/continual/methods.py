@@ -19,7 +19,7 @@ import torch
 from accelerate.utils import send_to_device
 
 from .bank import KEY_MODES, LNBank
-from .baselines import run_joint_ln, run_nmc, run_seq_ln
+from .baselines import run_joint_ln, run_lda, run_nmc, run_seq_ln
 from .config import PREDICTIONS
 from .context import RunContext, seed_task
 from .distributed import all_reduce_sum, positions
@@ -35,7 +35,7 @@ from .protocol import (
     step_line,
 )
 from .single_pass import SinglePassLNBank
-from .stages import evaluate, learn_keys, rectify_classifier, refine_layer_keys, train_task_lns
+from .stages import evaluate, fit_router, learn_keys, rectify_classifier, refine_layer_keys, train_task_lns
 from .stream import make_loader
 
 __all__ = ["METHODS", "compare_key_modes", "oracle_accuracy", "run_bank", "run_methods", "train_bank_task"]
@@ -45,6 +45,9 @@ def train_bank_task(bank: LNBank, t: int, ctx: RunContext, method: str, generato
     """Every training stage of task `t` (timed into `ctx.timings`); returns their statistics."""
     cfg, single_pass = ctx.config, isinstance(bank, SinglePassLNBank)
     stats: dict[str, Any] = {}
+    if bank.statistics is not None:
+        with ctx.timed(method, t, "router_s"):
+            fit_router(bank, t, ctx)
     if not single_pass:
         with ctx.timed(method, t, "keys_s"):
             stats["key_sim"] = learn_keys(bank, t, ctx, generator)
@@ -66,7 +69,8 @@ def run_bank(ctx: RunContext, method: str, single_pass: bool) -> MethodResult:
     other = next(p for p in PREDICTIONS if p != cfg.prediction)
     fresh: dict[str, Any] = {"preds": [], "preds_other": [], "task_preds": [], "stats": []}
     cls = SinglePassLNBank if single_pass else LNBank
-    bank, start, state = start_method(ctx, method, lambda: build_bank(ctx, cls, key_mode), fresh)
+    router = "keys" if single_pass else cfg.router
+    bank, start, state = start_method(ctx, method, lambda: build_bank(ctx, cls, key_mode, router), fresh)
     for t in range(start, stream.num_tasks):
         generator = seed_task(cfg, t, 1 if single_pass else 0)
         bank.add_task(stream.task_classes(t))
@@ -87,6 +91,8 @@ def run_bank(ctx: RunContext, method: str, single_pass: bool) -> MethodResult:
         "other_prediction": {"prediction": other, **{k: alternative[k] for k in HEADLINE}},
         "train_stats": state["stats"],
     }
+    if not single_pass:
+        extras.update(router=router, router_topk=cfg.router_topk)
     if single_pass:
         extras["task_id_source"] = "the last norm's per-layer selection"
     elif cfg.oracle_eval:
@@ -128,6 +134,7 @@ METHODS: dict[str, Callable[[RunContext], MethodResult]] = {
     "ln-bank": run_ln_bank,
     "ln-bank-1pass": run_ln_bank_1pass,
     "nmc": run_nmc,
+    "lda": run_lda,
     "seq-ln": run_seq_ln,
     "joint-ln": run_joint_ln,
 }

@@ -46,6 +46,10 @@ class SinglePassLNBank(LNBank):
             raise ValueError(
                 f"SinglePassLNBank keys are per layer and per task: key_mode must be 'task', got {key_mode!r}."
             )
+        if kwargs.get("router", "keys") != "keys":
+            raise ValueError(
+                f"SinglePassLNBank selects with its layer keys: router must be 'keys', got {kwargs['router']!r}."
+            )
         super().__init__(encoder, num_classes, key_mode="task", **kwargs)
         self.layer_keys = nn.ModuleList()
         self.last_selection: list[torch.Tensor] = []

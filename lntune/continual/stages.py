@@ -38,6 +38,7 @@ from .stream import make_loader
 __all__ = [
     "Evaluation",
     "evaluate",
+    "fit_router",
     "learn_keys",
     "minibatch_adam",
     "rectify_classifier",
@@ -105,6 +106,13 @@ def minibatch_adam(
         stats = {k: v / n for k, v in sums.items()}
     broadcast_params(ctx, params)  # every process ran the same steps on the same inputs: guard against drift
     return stats
+
+
+def fit_router(bank: LNBank, t: int, ctx: RunContext) -> None:
+    """Add the (cached) frozen queries of task `t`'s training samples to the bank's LDA statistics (`router="lda"`;
+    nothing with key routing). Exact and order-free: every process adds the same gathered queries."""
+    rows = ctx.stream.indices("train", t)
+    bank.fit_router(ctx.cache.get("train", rows), torch.from_numpy(ctx.stream.train_labels[rows]))
 
 
 def learn_keys(bank: LNBank, t: int, ctx: RunContext, generator: torch.Generator) -> float:
@@ -236,7 +244,8 @@ def _inference_features(
             elif isinstance(bank, SinglePassLNBank):
                 f, task_ids = bank.infer(upto=upto, **inputs)
             else:
-                f, task_ids = bank.infer(queries=queries[done : done + len(idx)], upto=upto, **inputs)
+                batch_queries = queries[done : done + len(idx)]
+                f, task_ids = bank.infer(queries=batch_queries, upto=upto, topk=ctx.config.router_topk, **inputs)
         done += len(idx)
         feats.append(f.float())
         if task_ids is not None:

@@ -3,7 +3,7 @@
 
 One run: draw a seeded class order, split the classes into ``--tasks`` tasks, then train and evaluate each
 ``--method`` task after task on an unmodified backbone (transformers ViT / BERT, or timm ViT), evaluating after every
-task on all tasks seen so far. ``--method all`` runs ``ln-bank``, ``ln-bank-1pass``, ``nmc``, ``seq-ln`` and
+task on all tasks seen so far. ``--method all`` runs ``ln-bank``, ``ln-bank-1pass``, ``nmc``, ``lda``, ``seq-ln`` and
 ``joint-ln`` in one go, sharing the cached frozen queries. Writes ``metrics.json`` (the first incremental method's
 metrics at the top level, every method under ``methods``), ``timings.json`` and one accuracy-matrix heatmap per
 method into ``--output_dir``; checkpoints after every task under ``--output_dir/checkpoints/<method>/task_XXX``.
@@ -73,7 +73,7 @@ logger = get_logger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "cifar10_vit_tiny_5tasks"
-ALL_METHODS = ["ln-bank", "ln-bank-1pass", "nmc", "seq-ln", "joint-ln"]
+ALL_METHODS = ["ln-bank", "ln-bank-1pass", "nmc", "lda", "seq-ln", "joint-ln"]
 MODALITIES = ("image", "text")
 FAIL_ENV = "LNTUNE_CONTINUAL_FAIL_AFTER"  # test-only: "<method>:<task>" raises after that task's checkpoint
 PATH_FLAGS = ("data", "model", "output_dir")

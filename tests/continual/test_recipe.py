@@ -50,7 +50,7 @@ def test_tiny_run_writes_metrics_and_plots(full_run):
     for key in REQUIRED + ("seed", "config", "machine", "methods", "key_mode_comparison"):
         assert key in metrics, key
     assert metrics["method"] == "ln-bank" and len(metrics["acc_matrix"]) == 2
-    assert sorted(metrics["methods"]) == ["joint-ln", "ln-bank", "ln-bank-1pass", "nmc", "seq-ln"]
+    assert sorted(metrics["methods"]) == ["joint-ln", "lda", "ln-bank", "ln-bank-1pass", "nmc", "seq-ln"]
     assert metrics["split"]["class_order"] == metrics["class_order"] and len(metrics["class_order"]) == 10
     assert sorted(metrics["key_mode_comparison"]) == ["class", "task"]
     assert metrics["config"]["image_size"] == 32 and metrics["config"]["epochs"] == 1
