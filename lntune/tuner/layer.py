@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -166,6 +168,31 @@ class LNTuneLayer(nn.Module, BaseTunerLayer):
 
     def has_adapter(self, adapter_name: str) -> bool:
         return adapter_name in self.lntune_weight or adapter_name in self.lntune_bias
+
+    def adapter_params(self, adapter_name: str) -> dict[str, nn.Parameter]:
+        """The trainable tensors of `adapter_name` in this norm, `{"weight": ..., "bias": ...}` (only those it has;
+        for a masked adapter, the selected values only)."""
+        stores = (("weight", self.lntune_weight), ("bias", self.lntune_bias))
+        return {pname: store[adapter_name] for pname, store in stores if adapter_name in store}
+
+    # ------------------------------------------------------------------ per-row routing
+    def set_routing(self, names: Optional[Sequence[str]], expand: int = 1) -> None:
+        """Make this norm's next forwards run row i with adapter `names[i]` (`"__base__"`: none); `None` stops it.
+
+        `model(**batch, adapter_names=[...])` routes every norm for one forward; this per-norm switch is for code that
+        chooses per layer, from inside the forward (forward pre-hooks, as `lntune.continual`'s single-pass bank does).
+        """
+        self.routing = None if names is None else Routing.from_names(list(names), expand=expand)
+
+    @contextmanager
+    def routed(self, names: Sequence[str], expand: int = 1) -> Iterator[None]:
+        """`set_routing(names)` for the duration of a `with` block, then the previous routing again."""
+        previous = self.routing
+        self.set_routing(names, expand)
+        try:
+            yield
+        finally:
+            self.routing = previous
 
     # ------------------------------------------------------------------ deltas
     def dense_delta(self, pname: str, adapter_name: str) -> Optional[torch.Tensor]:

@@ -460,6 +460,36 @@ class LNTuneModel(BaseTuner):
         """(name, layer) of every wrapped norm."""
         return [(n, m) for n, m in self.model.named_modules() if isinstance(m, LNTuneLayer)]
 
+    def adapter_params(self, adapter_name: str) -> dict[str, nn.Parameter]:
+        """The trainable tensors of `adapter_name`, keyed `"<norm name>.weight"` / `"<norm name>.bias"` (base-model
+        names): what an optimizer, a checkpoint or a copy between adapters needs, without reaching into the layers."""
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"No adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}.")
+        return {
+            f"{name}.{pname}": param
+            for name, layer in self.lntune_layers()
+            for pname, param in layer.adapter_params(adapter_name).items()
+        }
+
+    @torch.no_grad()
+    def copy_adapter_values(self, source: str, target: str) -> None:
+        """Set every delta of adapter `target` to adapter `source`'s values (e.g. start a new task from the last one).
+
+        Both adapters must hold the same tensors (same norms, same masks); otherwise this raises naming the first
+        difference, and nothing is copied.
+        """
+        src, dst = self.adapter_params(source), self.adapter_params(target)
+        if src.keys() != dst.keys():
+            diff = sorted(src.keys() ^ dst.keys())[0]
+            raise ValueError(f"Adapters {source!r} and {target!r} hold different tensors (e.g. {diff}): cannot copy.")
+        for key, value in src.items():
+            if value.shape != dst[key].shape:
+                raise ValueError(
+                    f"{key}: adapter {source!r} has shape {list(value.shape)}, {target!r} {list(dst[key].shape)}."
+                )
+        for key, value in src.items():
+            dst[key].copy_(value)
+
     def delta_norms(self, adapter_name: Optional[str] = None) -> dict[str, float]:
         """L2 norm of each wrapped norm's delta (gain and bias together) for `adapter_name` (default: active)."""
         adapter_name = adapter_name or self.active_adapters[0]
