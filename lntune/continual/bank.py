@@ -30,10 +30,12 @@ from torch import nn
 
 from ..tuner import BASE_ADAPTER, LNTuneConfig, LNTuneLayer
 from .backbone import Encoder, as_encoder
+from .bank_state import BankState
+from .keys import orthogonal_init
 from .router import ClassStatistics
 from .splits import as_int_list
 
-__all__ = ["KEY_MODES", "ROUTERS", "BankOutput", "LNBank", "orthogonal_init"]
+__all__ = ["KEY_MODES", "ROUTERS", "BankOutput", "LNBank"]
 
 KEY_MODES = ("task", "class")
 ROUTERS = ("keys", "lda")
@@ -50,38 +52,7 @@ class BankOutput:
     task_ids: torch.Tensor
 
 
-def orthogonal_init(
-    count: int, dim: int, existing: Optional[torch.Tensor], generator: torch.Generator
-) -> torch.Tensor:
-    """``count`` unit vectors orthogonal to each other and to the rows of ``existing`` (as far as ``dim`` allows).
-
-    Gram-Schmidt (applied twice, for round-off) on Gaussian draws; once ``dim`` directions are used up the remaining
-    vectors are plain random unit vectors, which is the best one can do.
-    """
-    basis = [] if existing is None or existing.numel() == 0 else list(F.normalize(existing.detach().float(), dim=-1))
-    # the earlier keys need not be orthogonal any more (they were trained): orthonormalise them first
-    ortho: list[torch.Tensor] = []
-    for v in basis:
-        for _ in range(2):
-            for b in ortho:
-                v = v - (v @ b) * b
-        if v.norm() > 1e-6:
-            ortho.append(v / v.norm())
-    out = []
-    for _ in range(count):
-        v = torch.randn(dim, generator=generator)
-        if len(ortho) < dim:
-            for _ in range(2):
-                for b in ortho:
-                    v = v - (v @ b) * b
-        v = v / v.norm()
-        out.append(v)
-        if len(ortho) < dim:
-            ortho.append(v)
-    return torch.stack(out)
-
-
-class LNBank(nn.Module):
+class LNBank(BankState, nn.Module):
     """
     A bank of per-task LN adapters on one frozen backbone, selected per sample by keys on the frozen query.
 
@@ -423,66 +394,3 @@ class LNBank(nn.Module):
             features=features,
             task_ids=task_ids,
         )
-
-    # ------------------------------------------------------------------ state
-    def manifest(self) -> dict[str, Any]:
-        """JSON-ready description: enough to rebuild an empty bank of the same shape before loading tensors."""
-        return {
-            "class": type(self).__name__,
-            "num_classes": self.num_classes,
-            "key_mode": self.key_mode,
-            "prefix": self.prefix,
-            "seed": self.seed,
-            "dim": self.dim,
-            "task_classes": [list(c) for c in self.task_classes],
-            "lntune_config": self.lntune_config.to_dict(),
-            "router": self.router,
-            "shrinkage": None if self.statistics is None else self.statistics.shrinkage,
-        }
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint holds: every task's deltas, the keys and both heads (not the frozen backbone)."""
-        # a snapshot on the CPU, not views of the live parameters
-        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self._named_state_parameters().items()}
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Copy a checkpoint's tensors into this bank (built with the same tasks); every tensor must match."""
-        expected = self.state_tensors()
-        key_sets = {k.split(".")[1] for k in tensors if k.startswith(("keys.", "layer_keys."))}
-        adapter_sets = {k.split(".")[1] for k in tensors if k.startswith("adapters.")}
-        if len(key_sets) != len(adapter_sets):
-            raise ValueError(
-                f"Inconsistent LN bank checkpoint: {len(adapter_sets)} adapter(s) but {len(key_sets)} key set(s); "
-                "each task needs exactly one adapter and one set of keys."
-            )
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
-        if missing or extra:
-            raise ValueError(
-                f"Checkpoint does not match the bank ({self.num_tasks} task(s)): missing {missing[:3]}"
-                f"{' ...' if len(missing) > 3 else ''}, unexpected {extra[:3]}{' ...' if len(extra) > 3 else ''}."
-            )
-        params = self._named_state_parameters()
-        with torch.no_grad():
-            for k, v in tensors.items():
-                if params[k].shape != v.shape:
-                    raise ValueError(
-                        f"Checkpoint tensor {k} has shape {list(v.shape)}, the bank {list(params[k].shape)}."
-                    )
-                params[k].copy_(v.to(params[k].device, params[k].dtype))
-
-    def _named_state_parameters(self) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for t in range(self.num_tasks):
-            name = self.adapter_name(t)
-            for lname, layer in self.lntune_layers():
-                for pname, store in (("weight", layer.lntune_weight), ("bias", layer.lntune_bias)):
-                    if name in store:
-                        out[f"adapters.{name}.{lname}.{pname}"] = store[name]
-        out.update({f"keys.{t}": k for t, k in enumerate(self.keys)})
-        if self.statistics is not None:
-            out.update({f"statistics.{name}": b for name, b in self.statistics.named_buffers()})
-        for head in ("classifier", "aux_classifier"):
-            for pname, p in getattr(self, head).named_parameters():
-                out[f"{head}.{pname}"] = p
-        return out

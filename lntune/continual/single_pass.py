@@ -18,7 +18,8 @@ from torch import nn
 
 from ..tuner import BASE_ADAPTER, LNTuneLayer
 from ..tuner.layer import Routing
-from .bank import LNBank, orthogonal_init
+from .bank import LNBank
+from .keys import orthogonal_init
 
 __all__ = ["SinglePassLNBank"]
 

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModel
 
 from lntune.continual import load_image_folder, make_class_incremental_split, vit_transform
-from lntune.continual.bank import orthogonal_init
 from lntune.continual.data import ImageClassificationDataset
+from lntune.continual.keys import orthogonal_init
 from lntune.norms import find_norms
 
 COLUMNS = ("task key", "centred", "class keys", "key + attention")
