@@ -205,6 +205,17 @@ def test_per_kind_normalisation_balances_gains_and_biases():
     assert 30 <= count(balanced, "weight") <= 70
     # same budget and deterministic; module granularity ranks by the normalised means too
     assert balanced == select_by_fisher(scores, fraction=0.2, normalize="kind")
-    assert select_by_fisher(scores, fraction=0.2, granularity="module", normalize="kind")
+    # module granularity ranks whole norms by the mean of their normalised scores, until the budget is covered
+    kind_mean = {k: float(torch.cat([raw[n][k] for n in NAMES]).mean()) for k in ("weight", "bias")}
+    norm_means = {n: float(torch.cat([raw[n][k] / kind_mean[k] for k in ("weight", "bias")]).mean()) for n in NAMES}
+    expected, covered, budget = set(), 0, math.ceil(0.2 * 100 * len(NAMES))
+    for name in sorted(NAMES, key=lambda n: -norm_means[n]):
+        if covered >= budget:
+            break
+        expected.add(name)
+        covered += 100
+    by_module = select_by_fisher(scores, fraction=0.2, granularity="module", normalize="kind")
+    assert set(by_module) == expected
+    assert all(per == {"weight": list(range(50)), "bias": list(range(50))} for per in by_module.values())
     with pytest.raises(ValueError, match="normalize must be one of"):
         select_by_fisher(scores, normalize="rank")
