@@ -18,16 +18,24 @@ def swap_optimizer_params(
 ) -> int:
     """Replace old parameters by new ones (or drop them, for None) in every param group; returns how many changed.
 
-    Meant for the moment before the first step, when the optimizer holds no state for the old tensors yet.
+    Meant for the moment before the first step, when the optimizer holds no state for the old tensors yet: if it
+    holds state (momentum, Adam moments) for any of them, this raises and leaves the optimizer unchanged, since that
+    state cannot be carried over to a tensor of another size.
     """
+    stateful = [
+        p for group in optimizer.param_groups for p in group["params"] if p in swapped and optimizer.state.get(p)
+    ]
+    if stateful:
+        raise RuntimeError(
+            f"swap_optimizer_params must run before the first optimizer step: the optimizer already holds state for "
+            f"{len(stateful)} of the parameters to swap. Select (set_mask) before training, or build a new optimizer."
+        )
     changed = 0
     for group in optimizer.param_groups:
         params = []
         for p in group["params"]:
             if p in swapped:
                 changed += 1
-                if p in optimizer.state:
-                    raise RuntimeError("swap_optimizer_params must run before the first optimizer step.")
                 if swapped[p] is not None:
                     params.append(swapped[p])
             else:

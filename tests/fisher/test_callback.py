@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import transformers as tf
 from datasets import Dataset
 from peft import get_peft_model
 
 from lntune import LNTuneConfig
-from lntune.fisher.callback import FisherSelectionCallback
+from lntune.fisher.callback import FisherSelectionCallback, swap_optimizer_params
 
 from ..models import build
 
@@ -59,3 +60,17 @@ def test_scores_of_an_lntune_model_equal_the_base_model_scores():
         for pname, value in per_param.items():
             assert value.abs().sum() > 0
             torch.testing.assert_close(scores[name][pname], value, rtol=1e-4, atol=1e-12)
+
+
+def test_swap_optimizer_params_moves_tensors_and_refuses_once_state_exists():
+    a, b, c, new_a = (torch.nn.Parameter(torch.ones(3)) for _ in range(4))
+    optimizer = torch.optim.Adam([{"params": [a, b]}, {"params": [c]}], lr=0.1)
+    assert swap_optimizer_params(optimizer, {a: new_a, c: None}) == 2
+    assert optimizer.param_groups[0]["params"] == [new_a, b] and optimizer.param_groups[1]["params"] == []
+    # after a step the optimizer holds Adam moments for b: swapping it is refused, and nothing changes
+    b.grad = torch.ones(3)
+    optimizer.step()
+    before = [list(group["params"]) for group in optimizer.param_groups]
+    with pytest.raises(RuntimeError, match="already holds state for 1 of the parameters"):
+        swap_optimizer_params(optimizer, {new_a: None, b: torch.nn.Parameter(torch.ones(1))})
+    assert [list(group["params"]) for group in optimizer.param_groups] == before
