@@ -162,17 +162,11 @@ class LNBank(BankState, nn.Module):
         """(name, layer) of every adapted norm, in module (execution) order; empty before the first task."""
         if not isinstance(self.model, PeftModel):
             return []
-        return [(n, m) for n, m in self.model.base_model.model.named_modules() if isinstance(m, LNTuneLayer)]
+        return self.model.base_model.lntune_layers()
 
     def adapter_parameters(self, t: int) -> list[nn.Parameter]:
         """The gain/bias deltas of task `t` (all norms)."""
-        name = self.adapter_name(t)
-        return [
-            store[name]
-            for _, layer in self.lntune_layers()
-            for store in (layer.lntune_weight, layer.lntune_bias)
-            if name in store
-        ]
+        return list(self.model.base_model.adapter_params(self.adapter_name(t)).values())
 
     def key_parameters(self, t: int) -> list[nn.Parameter]:
         """The keys of task `t` (what stage 1 learns before the LNs)."""
@@ -228,12 +222,7 @@ class LNBank(BankState, nn.Module):
             self.model = get_peft_model(self.model, config, adapter_name=name)
         else:
             self.model.add_adapter(name, config)
-            previous = f"{self.prefix}{t - 1}"
-            with torch.no_grad():
-                for _, layer in self.lntune_layers():
-                    for store in (layer.lntune_weight, layer.lntune_bias):
-                        if name in store:
-                            store[name].copy_(store[previous])
+            self.model.base_model.copy_adapter_values(f"{self.prefix}{t - 1}", name)
         self.task_classes.append(classes)
         self._add_keys(t, classes)
         self.freeze()

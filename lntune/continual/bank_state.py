@@ -66,10 +66,8 @@ class BankState:
         out: dict[str, torch.Tensor] = {}
         for t in range(self.num_tasks):
             name = self.adapter_name(t)
-            for lname, layer in self.lntune_layers():
-                for pname, store in (("weight", layer.lntune_weight), ("bias", layer.lntune_bias)):
-                    if name in store:
-                        out[f"adapters.{name}.{lname}.{pname}"] = store[name]
+            params = self.model.base_model.adapter_params(name)
+            out.update({f"adapters.{name}.{key}": p for key, p in params.items()})
         out.update({f"keys.{t}": k for t, k in enumerate(self.keys)})
         if self.statistics is not None:
             out.update({f"statistics.{name}": b for name, b in self.statistics.named_buffers()})

@@ -2,8 +2,8 @@
 """The single-pass LN bank (the official code's ``single_stage``): per-layer task selection inside the forward pass.
 
 Every norm layer has one key per task and picks, per sample, the task whose key is closest to the first ([CLS]) token
-of its own input, so inference is one pass with no query pass. Built on the core's ``Routing`` without touching
-``lntune.tuner``: forward pre-hooks on the ``LNTuneLayer``s set ``layer.routing`` for that layer's forward.
+of its own input, so inference is one pass with no query pass. Built on the tuner's public per-norm routing: forward
+pre-hooks on the ``LNTuneLayer``s call ``layer.set_routing(names)`` for that layer's forward.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..tuner import BASE_ADAPTER, LNTuneLayer
-from ..tuner.layer import Routing
 from .bank import LNBank
 from .keys import orthogonal_init
 
@@ -30,7 +29,7 @@ class SinglePassLNBank(LNBank):
     closest (cosine) to the first token ([CLS]) of *its own input*; one forward pass, no query pass.
 
     Selection happens in forward pre-hooks on the `LNTuneLayer`s, which set the layer's `routing` for the duration
-    of its forward (the same `Routing` the core uses for `adapter_names`). In training (`task_features`) every layer
+    of its forward (`LNTuneLayer.set_routing`, the per-norm form of `adapter_names`). In training (`task_features`) every layer
     runs task `t` and the hooks return the layer keys' loss: the negative cosine similarity between `k_{l,t}` and the
     layer's [CLS] input, averaged over layers, added to the cross-entropy as in the official code.
 
@@ -109,20 +108,20 @@ class SinglePassLNBank(LNBank):
                     elif sequence:
                         key = self.layer_keys[train_task][index]
                         sims.append(F.cosine_similarity(x[:, 0].float(), key.unsqueeze(0), dim=-1).mean())
-                    module.routing = Routing.from_names([names[train_task]] * x.shape[0])
+                    module.set_routing([names[train_task]] * x.shape[0])
                     return
                 if sequence:
                     keys = torch.stack([self.layer_keys[s][index] for s in range(upto + 1)])
                     tasks = (F.normalize(x[:, 0].float(), dim=-1) @ F.normalize(keys, dim=-1).T).argmax(dim=-1)
                     selection.append(tasks)
-                    state["routing"] = Routing.from_names([names[s] for s in tasks.tolist()])
+                    state["routing"] = [names[s] for s in tasks.tolist()]
                 # a norm without a token sequence reuses the previous choice (the base model before any choice)
-                module.routing = state["routing"] or Routing.from_names([BASE_ADAPTER] * x.shape[0])
+                module.set_routing(state["routing"] or [BASE_ADAPTER] * x.shape[0])
 
             return hook
 
         def post_hook(module: LNTuneLayer, args: tuple[Any, ...], output: Any) -> None:
-            module.routing = None
+            module.set_routing(None)
 
         handles = []
         for i, layer in enumerate(layers):
@@ -134,7 +133,7 @@ class SinglePassLNBank(LNBank):
             for h in handles:
                 h.remove()
             for layer in layers:
-                layer.routing = None
+                layer.set_routing(None)
             if train_task is None:
                 self.last_selection = selection
 
