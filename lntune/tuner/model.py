@@ -8,11 +8,11 @@ from contextlib import contextmanager
 from typing import Any, Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, _ExcludedModule
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from ..norms import find_norms, is_norm, norm_type_summary
+from .compat import BaseTuner, _ExcludedModule
 from .config import LNTuneConfig, normalise_mask
 from .layer import BASE_ADAPTER, LNTuneLayer, Routing
 
