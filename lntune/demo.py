@@ -26,13 +26,14 @@ from lntune import LNTuneConfig
 from lntune.assets import GLUE_DIR as DATA_DIR
 from lntune.assets import minilm_dir
 from lntune.glue import glue_metric, load_glue
+from lntune.pooling import checkpoint_pooling, use_mean_pooling
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train_samples", type=int, default=2000, help="SST-2 training sentences to use (<= 4000).")
     parser.add_argument("--epochs", type=float, default=2.0, help="Training epochs.")
-    parser.add_argument("--learning_rate", type=float, default=2e-3, help="LN tuning wants ~1e-3-class rates.")
+    parser.add_argument("--learning_rate", type=float, default=5e-3, help="LN tuning wants ~1e-3-1e-2 rates.")
     parser.add_argument("--batch_size", type=int, default=32, help="Training batch size.")
     parser.add_argument("--seed", type=int, default=0, help="Seed for the subset, the head init and the order.")
     parser.add_argument("--output_dir", default=None, help="Where to save the adapter (default: a temp folder).")
@@ -51,9 +52,15 @@ def main() -> None:
     def compute_metrics(pred: tf.EvalPrediction) -> dict[str, float]:
         return glue_metric("sst2", np.argmax(pred.predictions, axis=-1), pred.label_ids)
 
+    pooling = checkpoint_pooling(str(model_dir))  # all-MiniLM-L6-v2 was trained with mean pooling
     base = tf.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    if pooling == "mean":
+        use_mean_pooling(base)  # classify from the mean of the token states, as the checkpoint was trained
     model = get_peft_model(base, LNTuneConfig(task_type="SEQ_CLS"))
-    print("\nMiniLM with LNTuneConfig(task_type='SEQ_CLS'): only norm gains/biases and the new head train.")
+    print(
+        f"\nMiniLM ({pooling or 'cls'} pooling) with LNTuneConfig(task_type='SEQ_CLS'): only norm gains/biases and "
+        "the new head train."
+    )
     model.print_trainable_parameters()
 
     output_dir = args.output_dir or tempfile.mkdtemp(prefix="lntune-demo-")
@@ -93,6 +100,8 @@ def main() -> None:
     # reload onto a fresh copy of the base model and compare logits on the dev set
     model.eval()
     fresh = tf.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    if pooling == "mean":
+        use_mean_pooling(fresh)
     reloaded = PeftModel.from_pretrained(fresh, output_dir).eval()
     collate = tf.DataCollatorWithPadding(tokenizer)
     batch = collate([{k: data["validation"][i][k] for k in ("input_ids", "attention_mask")} for i in range(64)])
