@@ -20,6 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 
 test: .venv/.installed
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 # .venv-compat sees .venv's packages behind its own (a .pth file, like a venv made with --system-site-packages on top

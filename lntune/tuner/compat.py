@@ -24,7 +24,8 @@ from packaging.version import Version
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTuner as _PeftBaseTuner
 from peft.tuners.tuners_utils import BaseTunerLayer as _PeftBaseTunerLayer
-from peft.tuners.tuners_utils import _ExcludedModule, check_adapters_to_merge
+from peft.tuners.tuners_utils import _ExcludedModule as ExcludedModule  # peft's marker: "excluded on purpose"
+from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
     "PEFT_VERSION",
     "BaseTuner",
     "BaseTunerLayer",
-    "_ExcludedModule",
+    "ExcludedModule",
     "check_adapters_to_merge",
     "record_base_norms",
 ]

@@ -12,7 +12,7 @@ from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from ..norms import find_norms, is_norm, norm_type_summary
-from .compat import BaseTuner, _ExcludedModule
+from .compat import BaseTuner, ExcludedModule
 from .config import LNTuneConfig, normalise_mask
 from .layer import BASE_ADAPTER, LNTuneLayer, Routing
 
@@ -274,9 +274,9 @@ class LNTuneModel(BaseTuner):
         excluded = peft_config.exclude_modules
         self._lntune_excluded = {n.name for n in find_norms(model) if excluded and _name_matches(excluded, n.name)}
 
-    def _check_target_module_exists(self, peft_config: LNTuneConfig, key: str) -> bool | _ExcludedModule:
+    def _check_target_module_exists(self, peft_config: LNTuneConfig, key: str) -> bool | ExcludedModule:
         if key in getattr(self, "_lntune_excluded", ()):
-            return _ExcludedModule()  # tells peft the exclusion was used (else it warns that nothing was excluded)
+            return ExcludedModule()  # tells peft the exclusion was used (else it warns that nothing was excluded)
         return key in getattr(self, "_lntune_targets", ())
 
     def _create_and_replace(
