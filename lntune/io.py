@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from safetensors.torch import save_file
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -68,8 +70,6 @@ def write_json(path: PathLike, data: Any, indent: Optional[int] = 2) -> None:
 
 def save_safetensors(tensors: dict, path: PathLike, metadata: Optional[dict[str, str]] = None) -> None:
     """`safetensors.torch.save_file`, atomically."""
-    from safetensors.torch import save_file
-
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 

@@ -124,7 +124,7 @@ def test_failed_save_leaves_previous_adapter_intact(tmp_path, monkeypatch):
     """A crash while writing must not leave a half-written adapter file behind."""
     import safetensors.torch
 
-    from lntune.tuner import registration
+    from lntune import io
 
     base, _, _ = _bert()
     model = get_peft_model(base, LNTuneConfig(task_type="SEQ_CLS", init_weights=False))
@@ -136,7 +136,7 @@ def test_failed_save_leaves_previous_adapter_intact(tmp_path, monkeypatch):
             f.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(registration, "save_file", broken)
+    monkeypatch.setattr(io, "save_file", broken)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:

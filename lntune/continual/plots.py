@@ -9,13 +9,13 @@ one, even if the run is killed mid-save.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lntune.continual.metrics import check_acc_matrix
+from lntune.io import save_figure
 
 __all__ = ["plot_accuracy_matrix"]
 
@@ -70,20 +70,7 @@ def plot_accuracy_matrix(acc: Any, path: str | os.PathLike[str], title: str | No
         ax.set_title(title)
     fig.tight_layout()
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a plot is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    save_figure(fig, path, format="png")  # a plain Figure (no pyplot state): nothing to close
     return path
 
 

