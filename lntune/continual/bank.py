@@ -90,6 +90,8 @@ class LNBank(BankState, nn.Module):
         - **task_classes** (`list[list[int]]`) -- the classes of each task.
     """
 
+    one_pass = False  # True for banks that choose the task inside the forward pass (no query pass)
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -347,6 +349,30 @@ class LNBank(BankState, nn.Module):
         best = logits.max(dim=-1).values.view(-1, k).argmax(dim=-1).cpu()
         rows = torch.arange(len(best))
         return features.view(len(best), k, -1)[rows, best], candidates[rows, best]
+
+    def class_log_posterior(self, queries: torch.Tensor, upto: Optional[int] = None) -> torch.Tensor:
+        """`(n, num_classes)`: the LDA router's class log-posterior (equal priors) over the classes of tasks
+        `0..upto`, `-inf` for every other class. Needs `router="lda"` (the statistics)."""
+        if self.statistics is None:
+            raise ValueError("class_log_posterior needs the LDA statistics: build the bank with router='lda'.")
+        upto = self.num_tasks - 1 if upto is None else self.check_task(upto)
+        scores, classes = self.statistics.scores(queries)
+        keep = self.class_task().to(classes.device)[classes] <= upto
+        out = torch.full((queries.shape[0], self.num_classes), float("-inf"), device=queries.device)
+        out[:, classes[keep].to(out.device)] = scores[:, keep].float().to(out.device)
+        return out.log_softmax(dim=-1)
+
+    def lda_head_scores(
+        self, features: torch.Tensor, log_posterior: torch.Tensor, task_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Product of experts within each row's selected task: the head's softmax over the task's classes times the
+        LDA router's posterior over them (both renormalised to the task), as log-probabilities (`-inf` elsewhere).
+        The two see different features (adapted vs frozen) and their errors are not the same, so the product beats
+        either alone (recipes/continual/README.md)."""
+        head = self.logits(features, task_ids=task_ids).log_softmax(dim=-1)
+        keep = torch.isfinite(head)
+        router = log_posterior.to(head.device).masked_fill(~keep, float("-inf")).log_softmax(dim=-1)
+        return head + router
 
     def class_task(self) -> torch.Tensor:
         """`class_task()[c]` is the task of class `c` (-1 for classes of no task yet)."""

@@ -41,7 +41,8 @@ class BankState:
         expected = self.state_tensors()
         key_sets = {k.split(".")[1] for k in tensors if k.startswith(("keys.", "layer_keys."))}
         adapter_sets = {k.split(".")[1] for k in tensors if k.startswith("adapters.")}
-        if len(key_sets) != len(adapter_sets):
+        keyed = any(k.startswith(("keys.", "layer_keys.")) for k in expected)  # a late-selection bank has no keys
+        if (keyed or key_sets) and len(key_sets) != len(adapter_sets):
             raise ValueError(
                 f"Inconsistent LN bank checkpoint: {len(adapter_sets)} adapter(s) but {len(key_sets)} key set(s); "
                 "each task needs exactly one adapter and one set of keys."

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..tuner import LNTuneConfig
 from .bank import LNBank
+from .late_select import LateSelectionLNBank
 from .single_pass import SinglePassLNBank
 
 __all__ = [
@@ -43,7 +44,11 @@ __all__ = [
 FORMAT_VERSION = 1
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.json"
-BANK_CLASSES: dict[str, type[LNBank]] = {"LNBank": LNBank, "SinglePassLNBank": SinglePassLNBank}
+BANK_CLASSES: dict[str, type[LNBank]] = {
+    "LNBank": LNBank,
+    "SinglePassLNBank": SinglePassLNBank,
+    "LateSelectionLNBank": LateSelectionLNBank,
+}
 _TASK_DIR = re.compile(r"^task_(\d{3,})$")
 
 
@@ -137,6 +142,7 @@ def load_bank(
         prefix=m["prefix"],
         seed=m["seed"],
         **({"router": m["router"], "shrinkage": m.get("shrinkage")} if m.get("router", "keys") != "keys" else {}),
+        **({"selection_layer": m["selection_layer"]} if "selection_layer" in m else {}),
     )
     if bank.dim != m["dim"]:
         raise ValueError(f"{path} was saved for features of size {m['dim']}, this encoder gives {bank.dim}.")

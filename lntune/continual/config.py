@@ -12,7 +12,7 @@ from .bank import KEY_MODES, ROUTERS
 __all__ = ["PREDICTIONS", "RECTIFY_MASKS", "ContinualConfig"]
 
 RECTIFY_MASKS = ("task", "seen")
-PREDICTIONS = ("seen", "task")
+PREDICTIONS = ("seen", "task", "lda+head")
 
 
 @dataclass
@@ -38,7 +38,9 @@ class ContinualConfig:
         rectify_mask (`str`): classes the stage-2 logits cover: `"task"` (task `t`'s, as the official code) or
             `"seen"` (all classes seen so far).
         prediction (`str`): how a bank predicts: `"seen"`: argmax over every seen class (the official code);
-            `"task"`: argmax over the classes of the task the keys selected. Both are always computed and reported.
+            `"task"`: argmax over the classes of the task the keys selected; `"lda+head"` (LDA router only): argmax,
+            within the selected task, of the head's log-softmax plus the LDA router's class log-posterior (both over
+            the task's classes). Every rule a bank supports is computed and reported.
         eval_batch_size (`int`): batch size of query, feature and evaluation passes.
         seed (`int`): seeds the class order (in the recipe), the heads, the keys and each task's data order.
         num_workers (`int`): DataLoader workers.
@@ -48,6 +50,9 @@ class ContinualConfig:
             are learnt either way, so both routers see the very same LN values.
         router_topk (`int`): `1`: the router's task. `k > 1`: the router's `k` best tasks all run (one routed pass
             of `k` rows per sample) and the one whose classes get the highest inference-head logit wins.
+        selection_layer (`Optional[int]`): one-pass bank (`ln-bank-1pass`): the block `L` at whose input the task
+            is chosen (LDA on the frozen pooled token there); only the norms of blocks `L..` are adapted. `None`:
+            three quarters of the way through the blocks (:func:`~.late_select.default_selection_layer`).
         lda_shrinkage (`Optional[float]`): covariance shrinkage of the LDA statistics (router and `lda` method):
             `None` = the OAS coefficient from the data, or a fixed value in [0, 1].
     """
@@ -73,6 +78,7 @@ class ContinualConfig:
     router: str = "keys"
     router_topk: int = 1
     lda_shrinkage: Optional[float] = None
+    selection_layer: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.key_mode not in KEY_MODES:
@@ -83,10 +89,18 @@ class ContinualConfig:
             raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}.")
         if isinstance(self.router_topk, bool) or not isinstance(self.router_topk, int) or self.router_topk < 1:
             raise ValueError(f"router_topk must be a positive int, got {self.router_topk!r}.")
+        if self.selection_layer is not None and (
+            isinstance(self.selection_layer, bool)
+            or not isinstance(self.selection_layer, int)
+            or self.selection_layer < 1
+        ):
+            raise ValueError(f"selection_layer must be None or a positive int, got {self.selection_layer!r}.")
         if self.lda_shrinkage is not None and not 0.0 <= self.lda_shrinkage <= 1.0:
             raise ValueError(f"lda_shrinkage must be None (OAS) or lie in [0, 1], got {self.lda_shrinkage!r}.")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}.")
+        if self.prediction == "lda+head" and self.router != "lda":
+            raise ValueError("prediction='lda+head' uses the LDA router's class posterior: set router='lda'.")
         for name in ("epochs", "batch_size", "eval_batch_size", "rectify_epochs", "layer_key_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if "epochs" in name else 1):

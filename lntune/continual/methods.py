@@ -23,6 +23,7 @@ from .baselines import run_joint_ln, run_lda, run_nmc, run_seq_ln
 from .config import PREDICTIONS
 from .context import RunContext, seed_task
 from .distributed import all_reduce_sum, positions
+from .late_select import LateSelectionLNBank
 from .metrics import task_id_accuracy
 from .protocol import (
     HEADLINE,
@@ -38,7 +39,16 @@ from .single_pass import SinglePassLNBank
 from .stages import evaluate, fit_router, learn_keys, rectify_classifier, refine_layer_keys, train_task_lns
 from .stream import make_loader
 
-__all__ = ["METHODS", "compare_key_modes", "oracle_accuracy", "run_bank", "run_methods", "train_bank_task"]
+__all__ = [
+    "BANK_KINDS",
+    "METHODS",
+    "new_bank",
+    "compare_key_modes",
+    "oracle_accuracy",
+    "run_bank",
+    "run_methods",
+    "train_bank_task",
+]
 
 
 def train_bank_task(bank: LNBank, t: int, ctx: RunContext, method: str, generator: torch.Generator) -> dict[str, Any]:
@@ -48,7 +58,7 @@ def train_bank_task(bank: LNBank, t: int, ctx: RunContext, method: str, generato
     if bank.statistics is not None:
         with ctx.timed(method, t, "router_s"):
             fit_router(bank, t, ctx)
-    if not single_pass:
+    if not bank.one_pass:
         with ctx.timed(method, t, "keys_s"):
             stats["key_sim"] = learn_keys(bank, t, ctx, generator)
     with ctx.timed(method, t, "stage1_s"):
@@ -62,17 +72,36 @@ def train_bank_task(bank: LNBank, t: int, ctx: RunContext, method: str, generato
     return stats
 
 
-def run_bank(ctx: RunContext, method: str, single_pass: bool) -> MethodResult:
-    """Run (or resume) an LN bank task after task: train, evaluate on the tasks seen so far, checkpoint."""
+BANK_KINDS = ("two-pass", "layerwise", "late")
+
+
+def new_bank(ctx: RunContext, kind: str) -> LNBank:
+    """A fresh bank of `kind`: the two-pass bank (`cfg.key_mode`, `cfg.router`), the per-layer single-pass bank
+    (task keys) or the late-selection one-pass bank (LDA at `cfg.selection_layer`)."""
+    cfg = ctx.config
+    if kind == "layerwise":
+        return build_bank(ctx, SinglePassLNBank, "task", "keys")
+    if kind == "late":
+        bank = LateSelectionLNBank(
+            ctx.make_encoder(),
+            num_classes=ctx.stream.split.num_classes,
+            selection_layer=cfg.selection_layer,
+            seed=cfg.seed,
+            shrinkage=cfg.lda_shrinkage,
+        )
+        return bank.to(ctx.device)
+    return build_bank(ctx, LNBank, cfg.key_mode, cfg.router)
+
+
+def run_bank(ctx: RunContext, method: str, kind: str) -> MethodResult:
+    """Run (or resume) an LN bank (`kind` in :data:`BANK_KINDS`) task after task: train, evaluate on the tasks seen
+    so far, checkpoint."""
     cfg, stream = ctx.config, ctx.stream
-    key_mode = "task" if single_pass else cfg.key_mode
-    other = next(p for p in PREDICTIONS if p != cfg.prediction)
-    fresh: dict[str, Any] = {"preds": [], "preds_other": [], "task_preds": [], "stats": []}
-    cls = SinglePassLNBank if single_pass else LNBank
-    router = "keys" if single_pass else cfg.router
-    bank, start, state = start_method(ctx, method, lambda: build_bank(ctx, cls, key_mode, router), fresh)
+    other = "task" if cfg.prediction == "seen" else "seen"
+    fresh: dict[str, Any] = {"preds": [], "preds_other": [], "task_preds": [], "stats": [], "by_rule": {}}
+    bank, start, state = start_method(ctx, method, lambda: new_bank(ctx, kind), fresh)
     for t in range(start, stream.num_tasks):
-        generator = seed_task(cfg, t, 1 if single_pass else 0)
+        generator = seed_task(cfg, t, BANK_KINDS.index(kind))
         bank.add_task(stream.task_classes(t))
         stats = train_bank_task(bank, t, ctx, method, generator)
         with ctx.timed(method, t, "eval_s"):
@@ -80,20 +109,29 @@ def run_bank(ctx: RunContext, method: str, single_pass: bool) -> MethodResult:
         state["preds"].append(ev.pred(cfg.prediction).tolist())
         state["preds_other"].append(ev.pred(other).tolist())
         state["task_preds"].append(ev.task_pred.tolist())
+        for rule in ev.rules():
+            state["by_rule"].setdefault(rule, []).append(ev.pred(rule).tolist())
         state["stats"].append(stats)
         ctx.log(f"[{method}] task {t}: {step_line(ctx, state, t)} stats={rounded(stats)}")
         finish_task(ctx, method, t, bank, state)
     summary = incremental_summary(ctx, state["preds"], state["task_preds"])
     alternative = incremental_summary(ctx, state["preds_other"], None)
     extras: dict[str, Any] = {
-        "key_mode": key_mode,
+        "key_mode": bank.key_mode,
         "prediction": cfg.prediction,
         "other_prediction": {"prediction": other, **{k: alternative[k] for k in HEADLINE}},
         "train_stats": state["stats"],
+        "predictions": {
+            rule: {k: incremental_summary(ctx, preds, None)[k] for k in HEADLINE}
+            for rule, preds in state["by_rule"].items()
+            if rule in PREDICTIONS
+        },
     }
-    if not single_pass:
-        extras.update(router=router, router_topk=cfg.router_topk)
-    if single_pass:
+    if kind == "two-pass":
+        extras.update(router=bank.router, router_topk=cfg.router_topk)
+    if kind == "late":
+        extras.update(router="lda", selection_layer=bank.selection_layer, adapted_norms=len(bank.late_norms))
+    if kind == "layerwise":
         extras["task_id_source"] = "the last norm's per-layer selection"
     elif cfg.oracle_eval:
         extras["final_acc_oracle_task"] = oracle_accuracy(bank, ctx)
@@ -122,17 +160,23 @@ def oracle_accuracy(bank: LNBank, ctx: RunContext) -> float:
 
 def run_ln_bank(ctx: RunContext) -> MethodResult:
     """The two-pass bank (the paper): keys on frozen queries, per-task LNs, classifier rectification."""
-    return run_bank(ctx, "ln-bank", single_pass=False)
+    return run_bank(ctx, "ln-bank", "two-pass")
 
 
 def run_ln_bank_1pass(ctx: RunContext) -> MethodResult:
-    """The single-pass bank: per-layer keys on each norm's [CLS] input, one forward pass at inference."""
-    return run_bank(ctx, "ln-bank-1pass", single_pass=True)
+    """The one-pass bank: frozen blocks up to `selection_layer`, LDA task choice there, task LNs after it."""
+    return run_bank(ctx, "ln-bank-1pass", "late")
+
+
+def run_ln_bank_layerwise(ctx: RunContext) -> MethodResult:
+    """The official single-stage bank: per-layer keys on each norm's [CLS] input, one forward pass at inference."""
+    return run_bank(ctx, "ln-bank-layerwise", "layerwise")
 
 
 METHODS: dict[str, Callable[[RunContext], MethodResult]] = {
     "ln-bank": run_ln_bank,
     "ln-bank-1pass": run_ln_bank_1pass,
+    "ln-bank-layerwise": run_ln_bank_layerwise,
     "nmc": run_nmc,
     "lda": run_lda,
     "seq-ln": run_seq_ln,

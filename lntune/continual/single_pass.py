@@ -41,6 +41,8 @@ class SinglePassLNBank(LNBank):
         - **last_selection** (`list[torch.Tensor]`) -- per-layer task choices of the last inference pass.
     """
 
+    one_pass = True
+
     def __init__(self, encoder: nn.Module, num_classes: int, key_mode: str = "task", **kwargs: Any) -> None:
         if key_mode != "task":
             raise ValueError(

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from .bank import LNBank
 from .context import RunContext
 from .distributed import all_reduce_grads, all_reduce_sum, broadcast_params, gather_rows, positions, train_batches
+from .late_select import LateSelectionLNBank
 from .single_pass import SinglePassLNBank
 from .stream import make_loader
 
@@ -44,6 +45,7 @@ __all__ = [
     "rectify_classifier",
     "refine_layer_keys",
     "restricted_ce",
+    "selection_features",
     "train_task_lns",
 ]
 
@@ -109,10 +111,27 @@ def minibatch_adam(
 
 
 def fit_router(bank: LNBank, t: int, ctx: RunContext) -> None:
-    """Add the (cached) frozen queries of task `t`'s training samples to the bank's LDA statistics (`router="lda"`;
-    nothing with key routing). Exact and order-free: every process adds the same gathered queries."""
+    """Add the frozen features of task `t`'s training samples to the bank's LDA statistics (`router="lda"`; nothing
+    with key routing): the cached queries, or for a late-selection bank its layer-`L` features (a frozen pass that
+    stops at block `L`). Exact and order-free: every process adds the same gathered features."""
     rows = ctx.stream.indices("train", t)
-    bank.fit_router(ctx.cache.get("train", rows), torch.from_numpy(ctx.stream.train_labels[rows]))
+    labels = torch.from_numpy(ctx.stream.train_labels[rows])
+    if isinstance(bank, LateSelectionLNBank):
+        bank.fit_router(selection_features(bank, ctx, "train", rows), labels)
+    else:
+        bank.fit_router(ctx.cache.get("train", rows), labels)
+
+
+@torch.no_grad()
+def selection_features(bank: LateSelectionLNBank, ctx: RunContext, which: str, rows: np.ndarray) -> torch.Tensor:
+    """Frozen layer-`L` features of `rows` (several processes share the batches and all get every row)."""
+    size = ctx.config.eval_batch_size
+    mine = rows[positions(len(rows), size, ctx.rank, ctx.world)]
+    out = [torch.zeros(0, bank.dim, device=ctx.device)]
+    for _, inputs in make_loader(ctx.stream, which, mine, size, ctx.config.num_workers):
+        with ctx.autocast():
+            out.append(bank.selection_features(**send_to_device(inputs, ctx.device)).float())
+    return gather_rows(ctx, {"features": torch.cat(out)}, len(rows), size)["features"]
 
 
 def learn_keys(bank: LNBank, t: int, ctx: RunContext, generator: torch.Generator) -> float:
@@ -224,37 +243,40 @@ def refine_layer_keys(bank: SinglePassLNBank, t: int, ctx: RunContext, generator
 @torch.no_grad()
 def _inference_features(
     bank: LNBank, ctx: RunContext, which: str, rows: np.ndarray, upto: int, shared_adapter: bool = False
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Features (and selected tasks) of `rows` with the LN values inference picks among tasks `0..upto`; several
-    processes share the batches and all get every row."""
+) -> dict[str, torch.Tensor]:
+    """`features` (and `tasks`, the selected tasks, and `log_posterior`, the LDA router's class log-posterior, where
+    the bank has them) of `rows` with the LN values inference picks among tasks `0..upto`; several processes share the
+    batches and all get every row."""
     bank.eval()
     size = ctx.config.eval_batch_size
     mine = positions(len(rows), size, ctx.rank, ctx.world)
     queries = None
-    if not shared_adapter and not isinstance(bank, SinglePassLNBank):  # outside the loop: may involve every process
+    if not shared_adapter and not bank.one_pass:  # outside the loop: may involve every process
         queries = ctx.cache.get(which, rows)[torch.from_numpy(mine).to(ctx.device)]
-    feats, tasks, done = [], [], 0
+    local: dict[str, list[torch.Tensor]] = {"features": [torch.zeros(0, bank.dim, device=ctx.device)]}
+    done = 0
     loader = make_loader(ctx.stream, which, rows[mine], size, ctx.config.num_workers)
     for idx, inputs in tqdm(loader, desc=f"{which} features", leave=False, disable=not ctx.progress):
         inputs = send_to_device(inputs, ctx.device)
         with ctx.autocast():
             if shared_adapter:
-                f, _ = bank.task_features(0, **inputs)
-                task_ids = None
-            elif isinstance(bank, SinglePassLNBank):
+                local["features"].append(bank.task_features(0, **inputs)[0].float())
+                continue
+            if bank.one_pass:
                 f, task_ids = bank.infer(upto=upto, **inputs)
+                batch_queries = getattr(bank, "last_queries", None)
             else:
                 batch_queries = queries[done : done + len(idx)]
                 f, task_ids = bank.infer(queries=batch_queries, upto=upto, topk=ctx.config.router_topk, **inputs)
         done += len(idx)
-        feats.append(f.float())
-        if task_ids is not None:
-            tasks.append(task_ids.cpu())
-    local = {"features": torch.cat(feats) if feats else torch.zeros(0, bank.dim, device=ctx.device)}
-    if tasks:
-        local["tasks"] = torch.cat(tasks)
-    out = gather_rows(ctx, local, len(rows), size)
-    return out["features"], (out["tasks"].cpu() if "tasks" in out else None)
+        local["features"].append(f.float())
+        local.setdefault("tasks", []).append(task_ids.cpu())
+        if bank.statistics is not None:
+            local.setdefault("log_posterior", []).append(bank.class_log_posterior(batch_queries.float(), upto))
+    out = gather_rows(ctx, {k: torch.cat(v) for k, v in local.items()}, len(rows), size)
+    if "tasks" in out:
+        out["tasks"] = out["tasks"].cpu()
+    return out
 
 
 def rectify_classifier(bank: LNBank, t: int, ctx: RunContext, generator: torch.Generator) -> dict[str, float]:
@@ -265,7 +287,7 @@ def rectify_classifier(bank: LNBank, t: int, ctx: RunContext, generator: torch.G
     """
     cfg = ctx.config
     rows = ctx.stream.indices("train", t)
-    features, _ = _inference_features(bank, ctx, "train", rows, upto=t)
+    features = _inference_features(bank, ctx, "train", rows, upto=t)["features"]
     labels = torch.from_numpy(ctx.stream.train_labels[rows]).to(ctx.device)
     classes = ctx.stream.task_classes(t) if cfg.rectify_mask == "task" else bank.seen_classes(t)
 
@@ -283,25 +305,38 @@ def rectify_classifier(bank: LNBank, t: int, ctx: RunContext, generator: torch.G
 @dataclass
 class Evaluation:
     """Predictions on the test samples of tasks `0..t` (row order): over all seen classes (`pred_seen`), within
-    the selected task's classes (`pred_task`, None without selection) and the selected tasks (`task_pred`)."""
+    the selected task's classes (`pred_task`, None without selection), within it by head x LDA router
+    (`pred_lda_head`, None without an LDA router) and the selected tasks (`task_pred`)."""
 
     pred_seen: np.ndarray
     pred_task: Optional[np.ndarray]
     task_pred: Optional[np.ndarray]
+    pred_lda_head: Optional[np.ndarray] = None
+
+    def rules(self) -> list[str]:
+        """The prediction rules this evaluation holds (see `ContinualConfig.prediction`)."""
+        extra = [r for r, p in (("task", self.pred_task), ("lda+head", self.pred_lda_head)) if p is not None]
+        return ["seen", *extra]
 
     def pred(self, prediction: str) -> np.ndarray:
+        if prediction == "lda+head" and self.pred_lda_head is not None:
+            return self.pred_lda_head
         return self.pred_task if (prediction == "task" and self.pred_task is not None) else self.pred_seen
 
 
 def evaluate(bank: LNBank, t: int, ctx: RunContext, classes: list[int], shared_adapter: bool = False) -> Evaluation:
     """Evaluate on the test samples of tasks `0..t`; `classes` are the seen classes (incremental labels)."""
     rows = ctx.stream.indices("test", t, seen=True)
-    features, tasks = _inference_features(bank, ctx, "test", rows, upto=t, shared_adapter=shared_adapter)
+    out = _inference_features(bank, ctx, "test", rows, upto=t, shared_adapter=shared_adapter)
+    features, tasks = out["features"], out.get("tasks")
     with torch.no_grad():
         logits = bank.classifier(features)
         seen = logits.index_select(1, torch.tensor(classes, device=features.device))
         pred_seen = np.asarray(classes)[seen.argmax(-1).cpu().numpy()]
-        pred_task = None
+        pred_task = pred_lda_head = None
         if tasks is not None:
             pred_task = bank.logits(features, upto=t, task_ids=tasks).argmax(-1).cpu().numpy()
-    return Evaluation(pred_seen, pred_task, None if tasks is None else tasks.numpy())
+        if "log_posterior" in out:
+            scores = bank.lda_head_scores(features, out["log_posterior"], tasks)
+            pred_lda_head = scores.argmax(-1).cpu().numpy()
+    return Evaluation(pred_seen, pred_task, None if tasks is None else tasks.numpy(), pred_lda_head)
