@@ -6,7 +6,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -16,8 +15,8 @@ from torch import nn
 from torch.func import functional_call
 
 from .compat import BaseTunerLayer, check_adapters_to_merge
+from .routing import BASE_ADAPTER, Routing
 
-BASE_ADAPTER = "__base__"  # the name that routes a row of a mixed batch to the base model
 _RANDOM_INIT_STD = 0.1
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -46,53 +45,6 @@ def _promotes_fp32_params(module: nn.Module) -> bool:
     return hasattr(module, "variance_epsilon") or (
         cls.__name__.startswith("Gemma") and cls.__name__.endswith("RMSNorm")
     )
-
-
-@dataclass
-class Routing:
-    """Per-sample adapter choice for one batched forward: which rows use which adapter.
-
-    Built once per forward (not per layer); the row-index tensors are built once per (row count, device) and reused by
-    every layer. `expand` > 1 (set for `generate` with beam search or `num_return_sequences`) lets a layer see the
-    batch with each row repeated `expand` times in a row, as transformers' `_expand_inputs_for_generation` makes it;
-    the encoder of an encoder-decoder model still sees the un-expanded batch.
-    """
-
-    names: list[str]
-    expand: int = 1
-    _groups: dict = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_names(cls, names: list[str], expand: int = 1) -> Routing:
-        return cls(names=list(names), expand=max(1, int(expand)))
-
-    def groups_for(self, rows: int, device: torch.device, where: str = "a norm") -> list[tuple[str, torch.Tensor]]:
-        """(adapter name, row indices) for a batch of `rows` rows, one entry per distinct name."""
-        key = (rows, device)
-        if key not in self._groups:
-            n = len(self.names)
-            if rows == n:
-                repeat = 1
-            elif self.expand > 1 and rows == n * self.expand:
-                repeat = self.expand
-            else:
-                hint = (
-                    f" (generate expanded each row {self.expand} times)"
-                    if self.expand > 1
-                    else " (for beam search or num_return_sequences set only in the model's generation_config, pass "
-                    "num_beams=/num_return_sequences= to generate explicitly)"
-                )
-                raise ValueError(
-                    f"adapter_names has {n} entries but the batch reaching {where} has {rows} rows: pass one adapter "
-                    f"name per sample{hint}."
-                )
-            order: dict[str, list[int]] = {}
-            for row in range(rows):
-                order.setdefault(self.names[row // repeat], []).append(row)
-            self._groups[key] = [
-                (name, torch.tensor(idx, dtype=torch.long, device=device)) for name, idx in order.items()
-            ]
-        return self._groups[key]
 
 
 class LNTuneLayer(nn.Module, BaseTunerLayer):
