@@ -1,12 +1,12 @@
 # Copyright 2026 the lntune authors. Licensed under the Apache License, Version 2.0.
 """Continual learning with LayerNorm tuning: class-incremental splits, data, task-keyed LN banks, training, metrics.
 
-``LNBank`` / ``SinglePassLNBank`` hold one lntune adapter per task on a frozen backbone plus keys that pick the task
+``LNBank`` / ``LateSelectionLNBank`` (one pass) / ``SinglePassLNBank`` (per-layer, official) hold one lntune adapter per task on a frozen backbone plus keys that pick the task
 of each sample; ``run_methods`` trains and evaluates them (and the ``nmc`` / ``seq-ln`` / ``joint-ln`` baselines)
 task after task on a ``TaskStream`` described by a ``ContinualConfig``; ``save_bank`` / ``load_bank`` checkpoint
 them atomically. ``recipes/continual/run.py`` is the CLI.
 
-Modules: ``bank`` / ``single_pass`` (the banks), ``config``, ``stream`` (data streams and loaders), ``context``
+Modules: ``bank`` / ``late_select`` / ``single_pass`` (the banks), ``config``, ``stream`` (data streams and loaders), ``context``
 (``RunContext``, the query cache, seeding), ``stages`` (keys, stage 1, stage 2, evaluation), ``methods`` (the banks
 task after task, ``METHODS``), ``baselines``, ``protocol`` (resume, checkpoints, summaries), ``distributed``
 (several processes), ``checkpoint``, ``data``, ``splits``, ``metrics``, ``plots``, ``backbone``.
@@ -18,6 +18,7 @@ from .checkpoint import latest_checkpoint, load_bank, save_bank
 from .config import ContinualConfig
 from .context import RunContext
 from .data import ImageSource, TextSource, load_clinc150, load_image_folder, subsample_per_class, vit_transform
+from .late_select import LateSelectionLNBank
 from .methods import METHODS, compare_key_modes, run_methods
 from .metrics import accuracy_matrix_from_predictions, summarize, task_id_accuracy
 from .plots import plot_accuracy_matrix
@@ -35,6 +36,7 @@ __all__ = [
     "Encoder",
     "ImageSource",
     "LNBank",
+    "LateSelectionLNBank",
     "MethodResult",
     "RunContext",
     "SinglePassLNBank",

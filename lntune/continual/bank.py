@@ -362,18 +362,6 @@ class LNBank(BankState, nn.Module):
         out[:, classes[keep].to(out.device)] = scores[:, keep].float().to(out.device)
         return out.log_softmax(dim=-1)
 
-    def lda_head_scores(
-        self, features: torch.Tensor, log_posterior: torch.Tensor, task_ids: torch.Tensor
-    ) -> torch.Tensor:
-        """Product of experts within each row's selected task: the head's softmax over the task's classes times the
-        LDA router's posterior over them (both renormalised to the task), as log-probabilities (`-inf` elsewhere).
-        The two see different features (adapted vs frozen) and their errors are not the same, so the product beats
-        either alone (recipes/continual/README.md)."""
-        head = self.logits(features, task_ids=task_ids).log_softmax(dim=-1)
-        keep = torch.isfinite(head)
-        router = log_posterior.to(head.device).masked_fill(~keep, float("-inf")).log_softmax(dim=-1)
-        return head + router
-
     def class_task(self) -> torch.Tensor:
         """`class_task()[c]` is the task of class `c` (-1 for classes of no task yet)."""
         out = torch.full((self.num_classes,), -1, dtype=torch.long)

@@ -52,7 +52,7 @@ class ContinualConfig:
             of `k` rows per sample) and the one whose classes get the highest inference-head logit wins.
         selection_layer (`Optional[int]`): one-pass bank (`ln-bank-1pass`): the block `L` at whose input the task
             is chosen (LDA on the frozen pooled token there); only the norms of blocks `L..` are adapted. `None`:
-            three quarters of the way through the blocks (:func:`~.late_select.default_selection_layer`).
+            the input of the last block (:func:`~.late_select.default_selection_layer`).
         lda_shrinkage (`Optional[float]`): covariance shrinkage of the LDA statistics (router and `lda` method):
             `None` = the OAS coefficient from the data, or a fixed value in [0, 1].
     """

@@ -47,9 +47,10 @@ def find_blocks(encoder: nn.Module) -> tuple[str, nn.Module]:
 
 
 def default_selection_layer(encoder: nn.Module) -> int:
-    """Three quarters of the way through the blocks (9 of ViT-Ti's 12, 4 of MiniLM-L6's 6): late enough for task
-    identity in the frozen features, early enough to leave blocks to adapt (measured in recipes/continual/README.md)."""
-    return max(1, (3 * len(find_blocks(as_encoder(encoder))[1])) // 4)
+    """The input of the last block (11 of ViT-Ti's 12, 5 of MiniLM-L6's 6): frozen-feature task identity grows with
+    depth (LDA task-id on split CIFAR-10: 83.4% at block 9, 85.6% at 10, 88.2% at 11; recipes/continual/README.md),
+    and the last block plus the final norm still carry the task's LN values."""
+    return len(find_blocks(as_encoder(encoder))[1]) - 1
 
 
 def late_norm_names(encoder: nn.Module, layer: int) -> list[str]:

@@ -36,7 +36,15 @@ from .protocol import (
     step_line,
 )
 from .single_pass import SinglePassLNBank
-from .stages import evaluate, fit_router, learn_keys, rectify_classifier, refine_layer_keys, train_task_lns
+from .stages import (
+    evaluate,
+    fit_router,
+    lda_head_scores,
+    learn_keys,
+    rectify_classifier,
+    refine_layer_keys,
+    train_task_lns,
+)
 from .stream import make_loader
 
 __all__ = [
@@ -141,19 +149,29 @@ def run_bank(ctx: RunContext, method: str, kind: str) -> MethodResult:
 @torch.no_grad()
 def oracle_accuracy(bank: LNBank, ctx: RunContext) -> float:
     """Final accuracy on all test samples when each runs with its *true* task's LN values (routing upper bound),
-    under the configured prediction rule (`"task"`: argmax within the true task's classes)."""
-    stream = ctx.stream
+    under the configured prediction rule (`"task"`: argmax within the true task's classes; `"lda+head"`: within
+    them, head x LDA router posterior, the router reading the frozen query or layer-`L` feature)."""
+    stream, rule = ctx.stream, ctx.config.prediction
     rows = stream.indices("test", stream.num_tasks - 1, seen=True)
     true_tasks = torch.from_numpy(stream.task_of("test"))
     correct = 0
     bank.eval()
     size = ctx.config.eval_batch_size
     mine = rows[positions(len(rows), size, ctx.rank, ctx.world)]
+    lda_head = rule == "lda+head" and bank.statistics is not None
+    if lda_head and not bank.one_pass:
+        ctx.cache.get("test", rows[:1])  # every process computes its share of the test queries here
     for idx, inputs in make_loader(stream, "test", mine, size, ctx.config.num_workers):
+        inputs = send_to_device(inputs, ctx.device)
         with ctx.autocast():
-            f = bank.routed_features(true_tasks[idx], **send_to_device(inputs, ctx.device))
-        gate = true_tasks[idx] if ctx.config.prediction == "task" else None
-        pred = bank.logits(f.float(), task_ids=gate).argmax(-1).cpu().numpy()
+            f = bank.routed_features(true_tasks[idx], **inputs).float()
+        gate = true_tasks[idx] if rule != "seen" else None
+        if lda_head:
+            q = bank.selection_features(**inputs) if bank.one_pass else ctx.cache.get("test", idx.numpy())
+            scores = lda_head_scores(bank, f, bank.class_log_posterior(q.float()), gate)
+        else:
+            scores = bank.logits(f, task_ids=gate)
+        pred = scores.argmax(-1).cpu().numpy()
         correct += int(np.sum(pred == stream.test_labels[idx.numpy()]))
     return int(round(all_reduce_sum(ctx, [correct])[0])) / len(rows)
 

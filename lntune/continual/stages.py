@@ -40,6 +40,7 @@ __all__ = [
     "Evaluation",
     "evaluate",
     "fit_router",
+    "lda_head_scores",
     "learn_keys",
     "minibatch_adam",
     "rectify_classifier",
@@ -302,6 +303,18 @@ def rectify_classifier(bank: LNBank, t: int, ctx: RunContext, generator: torch.G
     return {"loss": float("nan"), "acc": float("nan")} | stats
 
 
+def lda_head_scores(
+    bank: LNBank, features: torch.Tensor, log_posterior: torch.Tensor, task_ids: torch.Tensor
+) -> torch.Tensor:
+    """The `"lda+head"` rule's scores: within each row's selected task, the head's log-softmax over the task's
+    classes plus the LDA router's class log-posterior renormalised to them (a product of experts), `-inf` elsewhere.
+    The head sees adapted features, the router frozen ones, and their errors differ, so the product beats either
+    alone (recipes/continual/README.md)."""
+    head = bank.logits(features, task_ids=task_ids).log_softmax(dim=-1)
+    keep = torch.isfinite(head)
+    return head + log_posterior.to(head.device).masked_fill(~keep, float("-inf")).log_softmax(dim=-1)
+
+
 @dataclass
 class Evaluation:
     """Predictions on the test samples of tasks `0..t` (row order): over all seen classes (`pred_seen`), within
@@ -337,6 +350,6 @@ def evaluate(bank: LNBank, t: int, ctx: RunContext, classes: list[int], shared_a
         if tasks is not None:
             pred_task = bank.logits(features, upto=t, task_ids=tasks).argmax(-1).cpu().numpy()
         if "log_posterior" in out:
-            scores = bank.lda_head_scores(features, out["log_posterior"], tasks)
+            scores = lda_head_scores(bank, features, out["log_posterior"], tasks)
             pred_lda_head = scores.argmax(-1).cpu().numpy()
     return Evaluation(pred_seen, pred_task, None if tasks is None else tasks.numpy(), pred_lda_head)

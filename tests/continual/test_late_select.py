@@ -11,6 +11,7 @@ import torch
 
 from lntune.continual import ContinualConfig, LNBank, as_encoder, load_bank, save_bank
 from lntune.continual.late_select import LateSelectionLNBank, default_selection_layer, find_blocks, late_norm_names
+from lntune.continual.stages import lda_head_scores
 
 from .test_bank import BACKBONES, randomize
 
@@ -39,7 +40,7 @@ def test_only_norms_of_late_blocks_and_after_them_are_adapted(backbone):
     assert not any(n.startswith(f"{blocks_name}.0.") or "embeddings" in n for n in names)
     bank, _ = late_bank(backbone)
     assert [n for n, _ in bank.lntune_layers()] == names  # exactly those are wrapped, so stage 1 trains exactly those
-    assert default_selection_layer(encoder) == max(1, 3 * len(blocks) // 4)
+    assert default_selection_layer(encoder) == len(blocks) - 1
 
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))
@@ -87,7 +88,7 @@ def test_lda_head_scores_are_the_product_of_both_posteriors_within_the_task():
     features, tasks = bank.infer(**inputs)
     post = bank.class_log_posterior(bank.last_queries)
     torch.testing.assert_close(post.exp().sum(-1), torch.ones(len(tasks)))
-    scores = bank.lda_head_scores(features, post, tasks)
+    scores = lda_head_scores(bank, features, post, tasks)
     for i, t in enumerate(tasks.tolist()):
         own = bank.task_classes[t]
         assert torch.isinf(scores[i, [c for c in range(4) if c not in own]]).all()
