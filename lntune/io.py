@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,3 +80,44 @@ def save_figure(figure: Any, path: PathLike, **kwargs: Any) -> None:
     """`figure.savefig(path)` (matplotlib), atomically; the format follows the suffix of `path`."""
     with atomic_path(path) as tmp:
         figure.savefig(str(tmp), **kwargs)
+
+
+@contextmanager
+def atomic_directory(path: PathLike) -> Iterator[Path]:
+    """Yield a fresh temp folder next to `path`; on success it replaces `path` as a whole (renamed, not copied).
+
+    An existing `path` is moved aside first and deleted only once the new folder is in place; on error the temp folder
+    is removed and `path` is left untouched. The folder gets the permissions `mkdir` would give.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700 folders
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_files(directory: PathLike) -> Iterator[Path]:
+    """Yield a scratch folder inside `directory`; on success every file written there is renamed into `directory`
+    (replacing files of the same name, leaving the others), then the scratch folder goes. For writers that only take
+    a folder (e.g. peft's `PeftConfig.save_pretrained`)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".tmp-") as tmp:
+        yield Path(tmp)
+        for name in sorted(os.listdir(tmp)):
+            source = Path(tmp) / name
+            if source.is_file():
+                os.chmod(source, 0o666 & ~current_umask())
+                os.replace(source, directory / name)

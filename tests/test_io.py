@@ -40,3 +40,31 @@ def test_assets_find_minilm_and_the_bundled_data() -> None:
     assert not assets.is_minilm("/somewhere/else/model")
     assert (assets.GLUE_DIR / "sst2" / "train.tsv").is_file()
     assert "classifier" in assets.HEAD_NAMES
+
+
+def test_atomic_directory_replaces_the_whole_folder_or_nothing(tmp_path) -> None:
+    from lntune.io import atomic_directory
+
+    target = tmp_path / "ckpt"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert (target / "a.txt").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    with atomic_directory(target) as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt"
+    ]
+
+
+def test_atomic_files_moves_each_file_into_place(tmp_path) -> None:
+    from lntune.io import atomic_files
+
+    (tmp_path / "keep.txt").write_text("other")
+    with atomic_files(tmp_path) as tmp:
+        (tmp / "adapter_config.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "keep.txt"]
+    assert stat.S_IMODE(os.stat(tmp_path / "adapter_config.json").st_mode) == 0o666 & ~current_umask()

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 
+from ..io import atomic_files
 from ..norms import ROLES
 
 PARAMS_CHOICES = ("both", "weight", "bias")
@@ -139,12 +139,9 @@ class LNTuneConfig(PeftConfig):
         """Write `adapter_config.json` atomically (temp file, then rename), so a crash never leaves half a file."""
         if os.path.isfile(save_directory):
             raise ValueError(f"Provided path ({save_directory}) should be a directory, not a file")
-        os.makedirs(save_directory, exist_ok=True)
         # let peft build the JSON exactly as for its own configs, into a scratch folder, then move it into place
-        with tempfile.TemporaryDirectory(dir=save_directory, prefix=".lntune-tmp-") as tmp:
-            super().save_pretrained(tmp, **kwargs)
-            for name in os.listdir(tmp):
-                os.replace(os.path.join(tmp, name), os.path.join(save_directory, name))
+        with atomic_files(save_directory) as tmp:
+            super().save_pretrained(str(tmp), **kwargs)
 
 
 def normalise_mask(mask: dict) -> dict[str, dict[str, list[int]]]:
