@@ -3,8 +3,8 @@
 
     python recipes/continual/seed_table.py /tmp/runs/c10_s0 /tmp/runs/c10_s1 /tmp/runs/c10_s2 [--json out.json]
 
-Every folder must hold a ``metrics.json`` of the same config (only the seed differs). Columns: final average accuracy,
-average incremental accuracy, forgetting, final task-id accuracy and (banks) the oracle-task accuracy, in percent;
+Every folder must hold a ``metrics.json`` of the same config (only the seed differs). Columns: final average accuracy
+(mean over tasks, and over samples: the two protocols of ``summarize``), average incremental accuracy, forgetting, final task-id accuracy and (banks) the oracle-task accuracy, in percent;
 the std is the sample std over the seeds (``—`` with one seed).
 """
 
@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("final_avg_acc", "avg_inc_acc", "forgetting", "task_id", "oracle")
+COLUMNS = ("final_avg_acc", "final_avg_acc_sample", "avg_inc_acc", "forgetting", "task_id", "oracle")
 
 
 def rows_of(metrics: dict[str, Any]) -> dict[tuple[str, str], dict[str, float]]:
@@ -29,7 +29,7 @@ def rows_of(metrics: dict[str, Any]) -> dict[tuple[str, str], dict[str, float]]:
         for rule, r in rules.items():
             out[(name, rule if "predictions" in m else "—")] = {
                 **base,
-                **{k: r.get(k) for k in ("final_avg_acc", "avg_inc_acc", "forgetting")},
+                **{k: r.get(k) for k in ("final_avg_acc", "final_avg_acc_sample", "avg_inc_acc", "forgetting")},
             }
     return out
 
@@ -53,8 +53,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     keys = [k for k in per_run[0] if all(k in r for r in per_run)]
     seeds = [m["seed"] for m in runs]
     print(f"seeds {seeds}; {len(runs)} run(s)\n")
-    print("| method | prediction | final avg acc | avg inc acc | forgetting | task-id acc (final) | oracle-task acc |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| method | prediction | final avg acc (task mean) | final acc (sample mean) | avg inc acc | forgetting "
+        "| task-id acc (final) | oracle-task acc |"
+    )
+    print("| --- " * 8 + "|")
     table = {}
     for method, rule in keys:
         cols = {c: [r[(method, rule)][c] for r in per_run] for c in COLUMNS}
