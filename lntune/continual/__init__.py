@@ -1,15 +1,16 @@
 # Copyright 2026 the lntune authors. Licensed under the Apache License, Version 2.0.
 """Continual learning with LayerNorm tuning: class-incremental splits, data, task-keyed LN banks, training, metrics.
 
-``LNBank`` / ``LateSelectionLNBank`` (one pass) / ``SinglePassLNBank`` (per-layer, official) hold one lntune adapter per task on a frozen backbone plus keys that pick the task
-of each sample; ``run_methods`` trains and evaluates them (and the ``nmc`` / ``seq-ln`` / ``joint-ln`` baselines)
-task after task on a ``TaskStream`` described by a ``ContinualConfig``; ``save_bank`` / ``load_bank`` checkpoint
-them atomically. ``recipes/continual/run.py`` is the CLI.
+``LNBank`` / ``LateSelectionLNBank`` (one pass) / ``SinglePassLNBank`` (per-layer, official) hold one lntune adapter
+per task on a frozen backbone plus keys that pick the task of each sample; ``run_methods`` trains and evaluates them
+(and the ``nmc`` / ``seq-ln`` / ``joint-ln`` baselines) task after task on a ``TaskStream`` described by a
+``ContinualConfig``; ``save_bank`` / ``load_bank`` checkpoint them atomically. ``recipes/continual/run.py`` is the
+CLI.
 
-Modules: ``bank`` / ``late_select`` / ``single_pass`` (the banks), ``config``, ``stream`` (data streams and loaders), ``context``
-(``RunContext``, the query cache, seeding), ``stages`` (keys, stage 1, stage 2, evaluation), ``methods`` (the banks
-task after task, ``METHODS``), ``baselines``, ``protocol`` (resume, checkpoints, summaries), ``distributed``
-(several processes), ``checkpoint``, ``data``, ``splits``, ``metrics``, ``plots``, ``backbone``.
+Modules: ``bank`` / ``late_select`` / ``single_pass`` (the banks), ``config``, ``stream`` (data streams and loaders),
+``context`` (``RunContext``, the query cache, seeding), ``stages`` (keys, stage 1, stage 2, evaluation), ``methods``
+(the banks task after task, ``METHODS``), ``baselines``, ``protocol`` (resume, checkpoints, summaries),
+``distributed`` (several processes), ``checkpoint``, ``data``, ``splits``, ``metrics``, ``plots``, ``backbone``.
 """
 
 from .backbone import Encoder, as_encoder

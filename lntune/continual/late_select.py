@@ -75,8 +75,8 @@ def check_layer(layer: Any, num_blocks: int) -> int:
     """`layer` as an int, or a ValueError unless `1 <= layer < num_blocks` (a selection point inside the stack)."""
     if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer < num_blocks:
         raise ValueError(
-            f"selection_layer must be an int in [1, {num_blocks - 1}] (the task is picked at the input of that block of "
-            f"the {num_blocks}; 0 would see only the embeddings), got {layer!r}."
+            f"selection_layer must be an int in [1, {num_blocks - 1}] (the task is picked at the input of that "
+            f"block of the {num_blocks}; 0 would see only the embeddings), got {layer!r}."
         )
     return layer
 

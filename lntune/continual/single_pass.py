@@ -28,10 +28,10 @@ class SinglePassLNBank(LNBank):
     The single-pass variant: every norm layer has one key per task and picks, per sample, the task whose key is
     closest (cosine) to the first token ([CLS]) of *its own input*; one forward pass, no query pass.
 
-    Selection happens in forward pre-hooks on the `LNTuneLayer`s, which set the layer's `routing` for the duration
-    of its forward (`LNTuneLayer.set_routing`, the per-norm form of `adapter_names`). In training (`task_features`) every layer
-    runs task `t` and the hooks return the layer keys' loss: the negative cosine similarity between `k_{l,t}` and the
-    layer's [CLS] input, averaged over layers, added to the cross-entropy as in the official code.
+    Selection happens in forward pre-hooks on the `LNTuneLayer`s, which set the layer's `routing` for the duration of
+    its forward (`LNTuneLayer.set_routing`, the per-norm form of `adapter_names`). In training (`task_features`) every
+    layer runs task `t` and the hooks return the layer keys' loss: the negative cosine similarity between `k_{l,t}`
+    and the layer's [CLS] input, averaged over layers, added to the cross-entropy as in the official code.
 
     A norm whose input is not a `(batch, tokens, dim)` sequence (e.g. timm's per-head `q_norm`) reuses the choice of
     the previous norm. `key_mode` must be `"task"`.

@@ -4,10 +4,11 @@
 One run: draw a seeded class order, split the classes into ``--tasks`` tasks, then train and evaluate each
 ``--method`` task after task on an unmodified backbone (transformers ViT / BERT, or timm ViT), evaluating after every
 task on all tasks seen so far. ``--method all`` runs ``ln-bank``, ``ln-bank-1pass``, ``nmc``, ``lda``, ``seq-ln`` and
-``joint-ln`` in one go, sharing the cached frozen queries (``ln-bank-1pass`` is the late-selection one-pass bank;
-the official per-layer single-stage bank runs only when named: ``--method ln-bank-layerwise``). Writes ``metrics.json`` (the first incremental method's
-metrics at the top level, every method under ``methods``), ``timings.json`` and one accuracy-matrix heatmap per
-method into ``--output_dir``; checkpoints after every task under ``--output_dir/checkpoints/<method>/task_XXX``.
+``joint-ln`` in one go, sharing the cached frozen queries (``ln-bank-1pass`` is the late-selection one-pass bank; the
+official per-layer bank runs only when named: ``--method ln-bank-layerwise``). Writes ``metrics.json`` (the first
+incremental method's metrics at the top level, every method under ``methods``), ``timings.json`` and one
+accuracy-matrix heatmap per method into ``--output_dir``; checkpoints after every task under
+``--output_dir/checkpoints/<method>/task_XXX``.
 
 Launch (from the repository root)::
 
@@ -290,10 +291,7 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
         tid = r.get("task_id_acc")
         tid = tid[-1] if isinstance(tid, list) else tid
         rows = [(r.get("prediction", "—"), r)]
-        others = r.get("predictions") or (
-            {r["other_prediction"]["prediction"]: r["other_prediction"]} if "other_prediction" in r else {}
-        )
-        rows += [(rule, m) for rule, m in others.items() if rule != r.get("prediction")]
+        rows += [(rule, m) for rule, m in r.get("predictions", {}).items() if rule != r.get("prediction")]
         for prediction, m in rows:
             lines.append(
                 f"| {name} | {prediction} | {pct(m['final_avg_acc'])} | {pct(m.get('avg_inc_acc'))} "

@@ -4,8 +4,9 @@
     python recipes/continual/seed_table.py /tmp/runs/c10_s0 /tmp/runs/c10_s1 /tmp/runs/c10_s2 [--json out.json]
 
 Every folder must hold a ``metrics.json`` of the same config (only the seed differs). Columns: final average accuracy
-(mean over tasks, and over samples: the two protocols of ``summarize``), average incremental accuracy, forgetting, final task-id accuracy and (banks) the oracle-task accuracy, in percent;
-the std is the sample std over the seeds (``—`` with one seed).
+(mean over tasks, and over samples: the two protocols of ``summarize``), average incremental accuracy, forgetting,
+final task-id accuracy and (banks) the oracle-task accuracy, in percent; the std is the sample std over the seeds
+(``—`` with one seed).
 """
 
 from __future__ import annotations
