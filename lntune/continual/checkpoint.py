@@ -13,11 +13,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
-import tempfile
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..io import atomic_directory
 from ..tuner import LNTuneConfig
 from .bank import LNBank
 from .late_select import LateSelectionLNBank
@@ -32,7 +28,6 @@ from .single_pass import SinglePassLNBank
 
 __all__ = [
     "BANK_CLASSES",
-    "atomic_directory",
     "latest_checkpoint",
     "load_bank",
     "load_checkpoint",
@@ -50,33 +45,6 @@ BANK_CLASSES: dict[str, type[LNBank]] = {
     "LateSelectionLNBank": LateSelectionLNBank,
 }
 _TASK_DIR = re.compile(r"^task_(\d{3,})$")
-
-
-@contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a fresh temporary folder next to `path`; on success it replaces `path` (renamed, not copied).
-
-    An existing `path` is first moved aside and deleted only after the new folder is in place. On error the
-    temporary folder is removed and `path` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; give the folder the permissions mkdir would
-    try:
-        yield tmp
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _json_default(obj: Any) -> Any:

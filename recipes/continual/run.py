@@ -39,7 +39,6 @@ import logging
 import os
 import platform
 import sys
-import tempfile
 import time
 import typing
 from pathlib import Path
@@ -69,6 +68,7 @@ from lntune.continual import (
     vit_transform,
 )
 from lntune.continual.data import TextSource
+from lntune.io import write_json
 
 logger = get_logger(__name__)
 
@@ -260,23 +260,6 @@ def machine_info(device: torch.device, num_processes: int = 1) -> dict[str, Any]
     return info
 
 
-def write_json(data: dict[str, Any], path: Path) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, allow_nan=False)
-            f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def results_table(results: dict[str, dict[str, Any]]) -> str:
     """Markdown table of the headline numbers (percent); a bank gets one row per prediction rule."""
 
@@ -303,8 +286,8 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
 def write_outputs(output_dir: Path, metrics: dict[str, Any], timings: dict[str, Any]) -> None:
     """metrics.json (deterministic: no timings), timings.json, one heatmap per method and results.md."""
     results = metrics["methods"]
-    write_json(metrics, output_dir / "metrics.json")
-    write_json(timings, output_dir / "timings.json")
+    write_json(output_dir / "metrics.json", metrics, indent=1)
+    write_json(output_dir / "timings.json", timings, indent=1)
     for name, r in results.items():
         if "acc_matrix" in r:
             plot_accuracy_matrix(r["acc_matrix"], output_dir / f"acc_matrix_{name}.png", title=name)

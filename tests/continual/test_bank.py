@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from lntune.continual import LNBank, SinglePassLNBank, as_encoder, load_bank, save_bank
 from lntune.continual.backbone import HFTextEncoder, HFVisionEncoder, TimmVisionEncoder
-from lntune.continual.checkpoint import atomic_directory
 from lntune.continual.keys import orthogonal_init
+from lntune.io import atomic_directory
 
 from ..models import MODELS, _quiet, _timm_vit
 
