@@ -248,7 +248,7 @@ def fisher_scores(
         bar.close()
     if seen == 0:
         raise ValueError("fisher_scores: the loader yielded no samples; pass a loader over a non-empty dataset")
-    count = _all_reduce(collector, local, world)
+    count = _all_reduce(collector, local, world, accelerator)
     if cap is not None and seen < cap:
         warnings.warn(
             f"fisher_scores: num_samples={cap} but the data holds only {seen} samples; using all {seen}", stacklevel=2
@@ -263,14 +263,20 @@ def fisher_scores(
     return finish_scores(collector.sums, count, norms, kind, task)
 
 
-def _all_reduce(collector: PerSampleCollector, local: int, world: int) -> int:
-    """Sum the Fisher sums, call counts and sample counts over processes; returns the global sample count."""
+def _all_reduce(collector: PerSampleCollector, local: int, world: int, accelerator: Any = None) -> int:
+    """Sum the Fisher sums, call counts and sample counts over processes; returns the global sample count.
+
+    With an `accelerate.Accelerator` this is its own `reduce`; a plain `torch.distributed` group (no accelerator) gets
+    `all_reduce` directly."""
     if world == 1:
         return local
     names = list(collector.calls)
     extra = torch.tensor([float(local)] + [float(collector.calls[n]) for n in names], dtype=torch.float64)
     flat = torch.cat([collector.flat, extra.to(collector.flat.device)])
-    torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+    if accelerator is not None:
+        flat = accelerator.reduce(flat, reduction="sum")
+    else:
+        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
     size = collector.flat.numel()
     collector.flat.copy_(flat[:size])
     for i, name in enumerate(names):

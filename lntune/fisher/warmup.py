@@ -16,10 +16,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from lntune.assets import HEAD_NAMES
 from lntune.fisher.batches import map_tensors
-
-# Module names of the task heads of transformers models (peft's SEQ_CLS/TOKEN_CLS/QA ``modules_to_save`` defaults).
-HEAD_NAMES: tuple[str, ...] = ("classifier", "score", "qa_outputs")
 
 
 def head_parameters(model: nn.Module, head_names: Sequence[str] = HEAD_NAMES) -> list[nn.Parameter]:
