@@ -17,7 +17,6 @@ score, which is what `run_glue.METHODS` takes as its default.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -122,11 +121,12 @@ def run_one(args: argparse.Namespace, task: str, method: str, setting: tuple[str
 
 
 def load_runs(runs_dir: Path, model: str) -> list[dict[str, Any]]:
-    """Every all_results.json below `runs_dir`; refuses a folder holding runs of another model."""
-    sweep.check_same_model(runs_dir, model)
+    """Every `<task>/<method>/<setting>/seed<k>/all_results.json` below `runs_dir`; refuses a folder holding runs of
+    another model (`sweep.read_runs`) or runs that were evaluated on the dev set."""
     runs = []
-    for path in sorted(runs_dir.glob("*/*/*/seed*/all_results.json")):
-        run = json.loads(path.read_text())
+    for path, run in sweep.read_runs(runs_dir, model):
+        if len(path.relative_to(runs_dir).parts) != 5 or not path.parent.name.startswith("seed"):
+            continue
         if run.get("evaluated_on") != "train_split":
             raise ValueError(f"{path} was evaluated on the dev set, not on held-out training data: not a search run.")
         run["setting"] = path.parent.parent.name

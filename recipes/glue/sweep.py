@@ -135,15 +135,20 @@ def run_argv(args: argparse.Namespace, task: str, method: str, seed: int, output
     return argv + list(args.run_args)
 
 
-def check_same_model(runs_dir: Path, model: str) -> None:
-    """Refuse a runs folder that holds runs of another model: one table compares methods on one model."""
+def read_runs(runs_dir: Path, model: str) -> list[tuple[Path, dict[str, Any]]]:
+    """(path, results) of every all_results.json below `runs_dir`, read once; refuses a folder that holds runs of
+    another model: one table compares methods on one model."""
+    runs = []
     for path in sorted(Path(runs_dir).glob("**/all_results.json")):
-        found = json.loads(path.read_text()).get("model")
+        run = json.loads(path.read_text())
+        found = run.get("model")
         if found is None or model_name(found) != model_name(model):
             raise ValueError(
                 f"{path} is a run of model {found!r}, not {model!r}: one table holds one model. Pass the matching "
                 "--model, or a separate --runs_dir (and --name) for each model."
             )
+        runs.append((path, run))
+    return runs
 
 
 def drop_weights(run_dir: Path) -> None:
@@ -379,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info(
         f"sweep: {len(args.tasks)} tasks x {len(args.methods)} methods x {args.seeds} seeds -> {args.runs_dir}"
     )
-    check_same_model(args.runs_dir, args.model)
+    read_runs(args.runs_dir, args.model)  # refuse a folder of another model before running anything
     runs: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     for task in args.tasks:
