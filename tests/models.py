@@ -16,7 +16,8 @@ from torch import nn
 from lntune import assets
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-_SMALL = dict(num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+# Two layers of two heads: the depth and width of the tiny transformers models here and in the continual tests.
+TINY_SIZES = dict(num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
 
 
 def minilm_dir() -> Path:
@@ -57,7 +58,8 @@ def _t5_batch(n: int) -> dict[str, torch.Tensor]:
     }
 
 
-def _timm_vit() -> nn.Module:
+def timm_vit_tiny() -> nn.Module:
+    """A two-block timm ``vit_tiny_patch16_224`` on 32 x 32 inputs with 3 classes, random weights."""
     import timm
 
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=3)
@@ -96,7 +98,9 @@ def _groupnorm_cnn() -> nn.Module:
     )
 
 
-def _quiet(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+def quiet_seeded_eval(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """``fn`` run after ``torch.manual_seed(0)`` with warnings silenced, its model returned in eval mode."""
+
     def build() -> nn.Module:
         torch.manual_seed(0)
         with warnings.catch_warnings():
@@ -113,39 +117,41 @@ def _minilm() -> nn.Module:
 
 MODELS: dict[str, ModelCase] = {
     "bert": ModelCase(
-        _quiet(lambda: tf.BertForSequenceClassification(tf.BertConfig(hidden_size=32, vocab_size=100, **_SMALL))),
+        quiet_seeded_eval(
+            lambda: tf.BertForSequenceClassification(tf.BertConfig(hidden_size=32, vocab_size=100, **TINY_SIZES))
+        ),
         _ids(100),
     ),
     "roberta": ModelCase(
-        _quiet(
+        quiet_seeded_eval(
             lambda: tf.RobertaForSequenceClassification(
-                tf.RobertaConfig(hidden_size=32, vocab_size=100, max_position_embeddings=40, **_SMALL)
+                tf.RobertaConfig(hidden_size=32, vocab_size=100, max_position_embeddings=40, **TINY_SIZES)
             )
         ),
         _ids(100),
     ),
     "gpt2": ModelCase(
-        _quiet(lambda: tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100))),
+        quiet_seeded_eval(lambda: tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100))),
         _ids(100),
     ),
     "llama": ModelCase(
-        _quiet(
+        quiet_seeded_eval(
             lambda: tf.LlamaForCausalLM(
-                tf.LlamaConfig(hidden_size=32, num_key_value_heads=1, vocab_size=100, **_SMALL)
+                tf.LlamaConfig(hidden_size=32, num_key_value_heads=1, vocab_size=100, **TINY_SIZES)
             )
         ),
         _ids(100),
     ),
     "gemma": ModelCase(
-        _quiet(
+        quiet_seeded_eval(
             lambda: tf.GemmaForCausalLM(
-                tf.GemmaConfig(hidden_size=32, num_key_value_heads=1, head_dim=16, vocab_size=100, **_SMALL)
+                tf.GemmaConfig(hidden_size=32, num_key_value_heads=1, head_dim=16, vocab_size=100, **TINY_SIZES)
             )
         ),
         _ids(100),
     ),
     "t5": ModelCase(
-        _quiet(
+        quiet_seeded_eval(
             lambda: tf.T5ForConditionalGeneration(
                 tf.T5Config(d_model=32, num_layers=2, num_heads=2, d_ff=37, d_kv=16, vocab_size=100)
             )
@@ -153,17 +159,17 @@ MODELS: dict[str, ModelCase] = {
         _t5_batch,
     ),
     "vit": ModelCase(
-        _quiet(
+        quiet_seeded_eval(
             lambda: tf.ViTForImageClassification(
-                tf.ViTConfig(hidden_size=32, image_size=32, patch_size=8, num_labels=3, **_SMALL)
+                tf.ViTConfig(hidden_size=32, image_size=32, patch_size=8, num_labels=3, **TINY_SIZES)
             )
         ),
         _pixels(32),
     ),
-    "timm_vit": ModelCase(_quiet(lambda: _TimmWrapper(_timm_vit())), _pixels(32)),
-    "timm_convnext": ModelCase(_quiet(lambda: _TimmWrapper(_timm_convnext())), _pixels(32)),
-    "groupnorm_cnn": ModelCase(_quiet(lambda: _TimmWrapper(_groupnorm_cnn())), _pixels(16)),
-    "minilm": ModelCase(_quiet(_minilm), _ids(1000, length=12)),
+    "timm_vit": ModelCase(quiet_seeded_eval(lambda: _TimmWrapper(timm_vit_tiny())), _pixels(32)),
+    "timm_convnext": ModelCase(quiet_seeded_eval(lambda: _TimmWrapper(_timm_convnext())), _pixels(32)),
+    "groupnorm_cnn": ModelCase(quiet_seeded_eval(lambda: _TimmWrapper(_groupnorm_cnn())), _pixels(16)),
+    "minilm": ModelCase(quiet_seeded_eval(_minilm), _ids(1000, length=12)),
 }
 
 

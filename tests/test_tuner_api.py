@@ -35,9 +35,9 @@ def test_copy_adapter_values_makes_two_adapters_equal():
     batch = batch_fn(2)
     model.base_model.copy_adapter_values("a", "b")
     model.set_adapter("a")
-    out_a = tc._out(model, batch, key)
+    out_a = tc.model_output(model, batch, key)
     model.set_adapter("b")
-    torch.testing.assert_close(tc._out(model, batch, key), out_a)
+    torch.testing.assert_close(tc.model_output(model, batch, key), out_a)
     for key_a, value in model.adapter_params("a").items():
         assert model.adapter_params("b")[key_a] is not value  # copied, not shared
 

@@ -14,7 +14,8 @@ from lntune import LNTuneConfig, LNTuneLayer
 from .models import build
 
 
-def _out(model, batch, key) -> torch.Tensor:
+def model_output(model, batch, key) -> torch.Tensor:
+    """The output tensor under ``key`` (dict or attribute), detached, as float32."""
     out = model(**batch)
     return (out[key] if isinstance(out, dict) else getattr(out, key)).detach().float()
 
@@ -31,12 +32,12 @@ def make_peft(model_id: str, config_kwargs: dict, adapter_name: str = "default")
 def check_identity_init(model_id: str, config_kwargs: dict, atol: float) -> None:
     base, batch_fn, key = build(model_id)
     batch = batch_fn(3)
-    ref = _out(base, batch, key)
+    ref = model_output(base, batch, key)
     kwargs = {k: v for k, v in config_kwargs.items() if k != "init_weights"}
     if callable(kwargs.get("mask")):
         kwargs["mask"] = kwargs["mask"](base)
     model = get_peft_model(base, LNTuneConfig(**kwargs)).eval()
-    torch.testing.assert_close(_out(model, batch, key), ref, atol=atol, rtol=0)
+    torch.testing.assert_close(model_output(model, batch, key), ref, atol=atol, rtol=0)
 
 
 def check_only_targets_train(model_id: str, config_kwargs: dict, atol: float) -> None:
@@ -65,31 +66,33 @@ def check_adapter_changes_output(model_id: str, config_kwargs: dict, atol: float
     model, batch_fn, key = make_peft(model_id, {**config_kwargs, "init_weights": False})
     model.eval()
     batch = batch_fn(3)
-    adapted = _out(model, batch, key)
+    adapted = model_output(model, batch, key)
     with model.disable_adapter():
-        base = _out(model, batch, key)
+        base = model_output(model, batch, key)
     assert not torch.allclose(adapted, base, atol=atol), "the random-init adapter did not change the output"
     # leaving the context restores the adapter
-    torch.testing.assert_close(_out(model, batch, key), adapted, atol=atol, rtol=0)
+    torch.testing.assert_close(model_output(model, batch, key), adapted, atol=atol, rtol=0)
     ref_base, _, _ = build(model_id)
-    torch.testing.assert_close(base, _out(ref_base, batch, key), atol=atol, rtol=0)
+    torch.testing.assert_close(base, model_output(ref_base, batch, key), atol=atol, rtol=0)
 
 
 def check_merge(model_id: str, config_kwargs: dict, atol: float) -> None:
     model, batch_fn, key = make_peft(model_id, {**config_kwargs, "init_weights": False})
     model.eval()
     batch = batch_fn(3)
-    adapted = _out(model, batch, key)
+    adapted = model_output(model, batch, key)
     model.merge_adapter(safe_merge=True)
-    torch.testing.assert_close(_out(model, batch, key), adapted, atol=atol, rtol=0)
+    torch.testing.assert_close(model_output(model, batch, key), adapted, atol=atol, rtol=0)
     model.unmerge_adapter()
-    torch.testing.assert_close(_out(model, batch, key), adapted, atol=atol, rtol=0)
+    torch.testing.assert_close(model_output(model, batch, key), adapted, atol=atol, rtol=0)
     with model.disable_adapter():
         ref_base, _, _ = build(model_id)
-        torch.testing.assert_close(_out(model, batch, key), _out(ref_base, batch, key), atol=atol, rtol=0)
+        torch.testing.assert_close(
+            model_output(model, batch, key), model_output(ref_base, batch, key), atol=atol, rtol=0
+        )
     merged = model.merge_and_unload()
     assert not any(isinstance(m, LNTuneLayer) for m in merged.modules())
-    torch.testing.assert_close(_out(merged, batch, key), adapted, atol=atol, rtol=0)
+    torch.testing.assert_close(model_output(merged, batch, key), adapted, atol=atol, rtol=0)
 
 
 def check_unload(model_id: str, config_kwargs: dict, atol: float) -> None:
@@ -98,14 +101,14 @@ def check_unload(model_id: str, config_kwargs: dict, atol: float) -> None:
     ref_base, _, _ = build(model_id)
     plain = model.eval().unload()
     assert not any(isinstance(m, LNTuneLayer) for m in plain.modules())
-    torch.testing.assert_close(_out(plain, batch, key), _out(ref_base, batch, key), atol=atol, rtol=0)
+    torch.testing.assert_close(model_output(plain, batch, key), model_output(ref_base, batch, key), atol=atol, rtol=0)
 
 
 def check_save_load(model_id: str, config_kwargs: dict, atol: float, tmp_path) -> None:
     model, batch_fn, key = make_peft(model_id, {**config_kwargs, "init_weights": False})
     model.eval()
     batch = batch_fn(3)
-    adapted = _out(model, batch, key)
+    adapted = model_output(model, batch, key)
     model.save_pretrained(tmp_path)
     assert sorted(f for f in os.listdir(tmp_path) if not f.startswith(".")) == [
         "README.md",
@@ -118,7 +121,7 @@ def check_save_load(model_id: str, config_kwargs: dict, atol: float, tmp_path) -
     assert all(".lntune_" in k or "modules_to_save" in k or "classifier" in k or "score" in k for k in saved)
     fresh, _, _ = build(model_id)
     loaded = PeftModel.from_pretrained(fresh, tmp_path).eval()
-    torch.testing.assert_close(_out(loaded, batch, key), adapted, atol=atol, rtol=0)
+    torch.testing.assert_close(model_output(loaded, batch, key), adapted, atol=atol, rtol=0)
 
 
 def check_multi_adapter(model_id: str, config_kwargs: dict, atol: float) -> None:
@@ -130,18 +133,18 @@ def check_multi_adapter(model_id: str, config_kwargs: dict, atol: float) -> None
     model.add_adapter("b", LNTuneConfig(**kwargs))
     model.eval()
     batch = batch_fn(5)
-    out_a = _out(model, batch, key)
+    out_a = model_output(model, batch, key)
     model.set_adapter("b")
-    out_b = _out(model, batch, key)
+    out_b = model_output(model, batch, key)
     assert not torch.allclose(out_a, out_b, atol=atol)
     # only the active adapter trains: checked on the adapter dicts themselves, not by matching parameter names (a
     # name filter such as '".b" in name' is true for every BERT parameter: "...model.bert...")
     check_only_adapter_trains(model, "b")
     with model.disable_adapter():
-        out_base = _out(model, batch, key)
+        out_base = model_output(model, batch, key)
     # mixed batch: row i uses adapter names[i]; must equal each adapter run alone
     names = ["a", "b", "__base__", "b", "a"]
-    mixed = _out(model, {**batch, "adapter_names": names}, key)
+    mixed = model_output(model, {**batch, "adapter_names": names}, key)
     for i, name in enumerate(names):
         ref = {"a": out_a, "b": out_b, "__base__": out_base}[name]
         torch.testing.assert_close(mixed[i], ref[i], atol=atol, rtol=0)
@@ -150,7 +153,7 @@ def check_multi_adapter(model_id: str, config_kwargs: dict, atol: float) -> None
     assert not any(layer.has_adapter("b") for layer in model.modules() if isinstance(layer, LNTuneLayer))
     assert not any(n.endswith(".b") for n, _ in model.named_parameters())
     model.set_adapter("a")
-    torch.testing.assert_close(_out(model, batch, key), out_a, atol=atol, rtol=0)
+    torch.testing.assert_close(model_output(model, batch, key), out_a, atol=atol, rtol=0)
 
 
 def check_only_adapter_trains(model, adapter_name: str) -> None:

@@ -4,58 +4,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
-import transformers as tf
 from safetensors.torch import load_file, save_file
 
 from lntune.continual import LNBank, SinglePassLNBank, as_encoder, load_bank, save_bank
-from lntune.continual.backbone import HFTextEncoder, HFVisionEncoder, TimmVisionEncoder
 from lntune.continual.keys import orthogonal_init
 from lntune.io import atomic_directory
 
-from ..models import MODELS, _quiet, _timm_vit
+from .helpers import BACKBONES, pixel_batch, randomize, token_batch
 
-_SMALL = dict(num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
-
-
-def _pixels(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    return {"pixel_values": torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))}
-
-
-def _ids(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(n, 7, dtype=torch.long)
-    mask[0, 5:] = 0  # one padded row, so mean pooling must respect the mask
-    return {"input_ids": torch.randint(3, 100, (n, 7), generator=g), "attention_mask": mask}
-
-
-# (backbone id, builder, batch maker, encoder class)
-BACKBONES: dict[str, tuple[Callable[[], torch.nn.Module], Callable[..., dict], type]] = {
-    "hf_vit": (MODELS["vit"].build, _pixels, HFVisionEncoder),
-    "timm_vit": (_quiet(_timm_vit), _pixels, TimmVisionEncoder),
-    "bert": (
-        _quiet(lambda: tf.BertModel(tf.BertConfig(hidden_size=32, vocab_size=100, **_SMALL))),
-        _ids,
-        HFTextEncoder,
-    ),
-}
 IDS = list(BACKBONES)
 
 
 def make_bank(backbone: str, num_classes: int = 6, cls: type[LNBank] = LNBank, **kwargs) -> LNBank:
     return cls(BACKBONES[backbone][0](), num_classes=num_classes, **kwargs)
-
-
-def randomize(bank: LNBank, t: int, seed: int) -> None:
-    """Give task `t` visibly different LN deltas (zero deltas would make every routing equal)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in bank.adapter_parameters(t):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
 
 
 def three_tasks(bank: LNBank) -> LNBank:
@@ -81,7 +46,7 @@ def test_as_encoder_rejects_unknown_models():
 
 def test_text_mean_pooling_ignores_padding():
     enc = as_encoder(BACKBONES["bert"][0]())
-    batch = _ids(2)
+    batch = token_batch(2)
     full = enc(**batch)[0]
     hidden = enc.model(**batch).last_hidden_state[0, :5]
     torch.testing.assert_close(full, hidden.mean(0))
@@ -177,7 +142,7 @@ def test_query_is_the_frozen_backbone(backbone):
 
 def test_inference_is_two_passes_query_then_routed():
     bank = three_tasks(make_bank("hf_vit")).eval()
-    batch = _pixels(6)
+    batch = pixel_batch(6)
     with torch.no_grad():
         out = bank(**batch)
         expected = bank.select(bank.query(**batch))
@@ -208,7 +173,7 @@ def test_single_pass_rows_are_independent_of_the_batch(backbone):
 
 def test_single_pass_training_routes_to_the_task_and_trains_its_layer_keys():
     bank = three_tasks(make_bank("hf_vit", cls=SinglePassLNBank))
-    batch = _pixels(3)
+    batch = pixel_batch(3)
     for p in bank.key_parameters(1) + bank.key_parameters(0):
         p.requires_grad_(True)
     feats, key_loss = bank.task_features(1, **batch)
@@ -224,7 +189,7 @@ def test_single_pass_with_one_task_equals_that_task():
     bank = make_bank("timm_vit", cls=SinglePassLNBank)
     bank.add_task([0, 1, 2])
     randomize(bank, 0, seed=3)
-    batch = _pixels(3)
+    batch = pixel_batch(3)
     with torch.no_grad():
         torch.testing.assert_close(bank.infer(**batch)[0], bank.task_features(0, **batch)[0])
 
@@ -272,7 +237,7 @@ def test_task_id_out_of_range():
         with pytest.raises(ValueError, match="out of range: this bank has 3 task"):
             bank.adapter_name(bad)
     with pytest.raises(ValueError, match="out of range"):
-        bank.routed_features(torch.tensor([0, 5]), **_pixels(2))
+        bank.routed_features(torch.tensor([0, 5]), **pixel_batch(2))
     with pytest.raises(ValueError, match="no task yet"):
         make_bank("hf_vit").select(torch.randn(2, 32))
 

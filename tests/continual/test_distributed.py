@@ -21,7 +21,7 @@ import torch
 from lntune.continual import ContinualConfig, RunContext, TaskStream, make_class_incremental_split
 from lntune.continual.distributed import positions, shuffled_batches, train_batches
 
-from .test_recipe import CIFAR10, RECIPE, REQUIRED, load_recipe
+from .helpers import CIFAR10_DIR, RECIPE_SCRIPT, REQUIRED_METRICS, load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -38,7 +38,7 @@ RTOL = 1e-4
 
 def _argv(tiny_vit: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "--data", str(CIFAR10), "--model", str(tiny_vit), "--tasks", "2", "--max_train_per_class", "3",
+        "--data", str(CIFAR10_DIR), "--model", str(tiny_vit), "--tasks", "2", "--max_train_per_class", "3",
         "--max_test_per_class", "2", "--epochs", "1", "--batch_size", "7", "--eval_batch_size", "3",
         "--rectify_epochs", "2", "--layer_key_epochs", "2", "--key_epochs", "3", "--method", ",".join(METHODS),
         "--output_dir", str(out), "--no_progress", "--cpu", *extra,
@@ -47,8 +47,8 @@ def _argv(tiny_vit: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def recipe():
-    if not CIFAR10.is_dir():
-        pytest.skip(f"shared CIFAR-10 not found at {CIFAR10}")
+    if not CIFAR10_DIR.is_dir():
+        pytest.skip(f"shared CIFAR-10 not found at {CIFAR10_DIR}")
     if not TORCHRUN.exists():
         pytest.skip("torchrun is not installed next to the interpreter")
     return load_recipe()
@@ -59,7 +59,7 @@ def _torchrun(argv: list[str], fail_after: str | None = None) -> subprocess.Comp
     env.pop("LNTUNE_CONTINUAL_FAIL_AFTER", None)
     if fail_after is not None:
         env["LNTUNE_CONTINUAL_FAIL_AFTER"] = fail_after
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(RECIPE), *argv]
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(RECIPE_SCRIPT), *argv]
     try:
         return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired as err:
@@ -114,7 +114,7 @@ def test_two_processes_killed_and_resumed_match_one_process(recipe, tiny_vit, on
     for name in ("ln-bank", "ln-bank-1pass", "nmc", "seq-ln"):
         assert (out / f"acc_matrix_{name}.png").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in REQUIRED + ("methods", "key_mode_comparison"):
+    for key in REQUIRED_METRICS + ("methods", "key_mode_comparison"):
         assert key in metrics, key
     assert metrics["machine"]["num_processes"] == 2 and one_process["machine"]["num_processes"] == 1
 

@@ -13,7 +13,7 @@ from lntune.continual import ContinualConfig, LNBank, as_encoder, load_bank, sav
 from lntune.continual.late_select import LateSelectionLNBank, default_selection_layer, find_blocks, late_norm_names
 from lntune.continual.stages import lda_head_scores
 
-from .test_bank import BACKBONES, randomize
+from .helpers import BACKBONES, CIFAR10_DIR, load_recipe, randomize, recipe_argv, two_task_lda_bank
 
 LABELS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 0, 1, 2, 3])
 
@@ -118,9 +118,7 @@ def test_bad_inputs_are_refused_with_the_rule():
 
 
 def test_topk_beyond_the_seen_tasks_falls_back_to_all_of_them():
-    from .test_router import _lda_bank
-
-    bank, inputs = _lda_bank()
+    bank, inputs = two_task_lda_bank()
     queries = bank.query(**inputs)
     f_all, t_all = bank.infer(queries=queries, topk=2, **inputs)
     f_big, t_big = bank.infer(queries=queries, topk=7, **inputs)  # k is clamped to the 2 seen tasks
@@ -128,10 +126,8 @@ def test_topk_beyond_the_seen_tasks_falls_back_to_all_of_them():
 
 
 def test_recipe_reports_every_prediction_rule_of_both_banks(tiny_vit, tmp_path):
-    from .test_recipe import CIFAR10, _argv, load_recipe
-
-    if not CIFAR10.is_dir():
-        pytest.skip(f"shared CIFAR-10 not found at {CIFAR10}")
+    if not CIFAR10_DIR.is_dir():
+        pytest.skip(f"shared CIFAR-10 not found at {CIFAR10_DIR}")
     extra = (
         "--method",
         "ln-bank,ln-bank-1pass",
@@ -142,7 +138,7 @@ def test_recipe_reports_every_prediction_rule_of_both_banks(tiny_vit, tmp_path):
         "--compare_key_modes",
         "0",
     )
-    load_recipe().main(_argv(tiny_vit, tmp_path, *extra))
+    load_recipe().main(recipe_argv(tiny_vit, tmp_path, *extra))
     methods = json.loads((tmp_path / "metrics.json").read_text())["methods"]
     for name in ("ln-bank", "ln-bank-1pass"):
         assert methods[name]["prediction"] == "lda+head"

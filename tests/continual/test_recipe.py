@@ -3,51 +3,31 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from ..models import SHARED_DATA
-
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "continual" / "run.py"
-CIFAR10 = SHARED_DATA / "cifar10"
-REQUIRED = ("final_avg_acc", "avg_inc_acc", "forgetting", "acc_matrix", "task_id_acc", "class_order", "split")
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("continual_run", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .helpers import CIFAR10_DIR, RECIPE_SCRIPT, REQUIRED_METRICS, load_recipe, recipe_argv
 
 
 @pytest.fixture(scope="module")
 def recipe():
-    if not CIFAR10.is_dir():
-        pytest.skip(f"shared CIFAR-10 not found at {CIFAR10}")
+    if not CIFAR10_DIR.is_dir():
+        pytest.skip(f"shared CIFAR-10 not found at {CIFAR10_DIR}")
     return load_recipe()
-
-
-def _argv(tiny_vit: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--data", str(CIFAR10), "--model", str(tiny_vit), "--tasks", "2", "--max_train_per_class", "4",
-        "--max_test_per_class", "2", "--epochs", "1", "--batch_size", "8", "--rectify_epochs", "2",
-        "--output_dir", str(out), "--no_progress", *extra,
-    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def full_run(recipe, tiny_vit, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("full")
-    recipe.main(_argv(tiny_vit, out, "--method", "all"))
+    recipe.main(recipe_argv(tiny_vit, out, "--method", "all"))
     return out
 
 
 def test_tiny_run_writes_metrics_and_plots(full_run):
     metrics = json.loads((full_run / "metrics.json").read_text())
-    for key in REQUIRED + ("seed", "config", "machine", "methods", "key_mode_comparison"):
+    for key in REQUIRED_METRICS + ("seed", "config", "machine", "methods", "key_mode_comparison"):
         assert key in metrics, key
     assert metrics["method"] == "ln-bank" and len(metrics["acc_matrix"]) == 2
     assert sorted(metrics["methods"]) == ["joint-ln", "lda", "ln-bank", "ln-bank-1pass", "nmc", "seq-ln"]
@@ -64,10 +44,10 @@ def test_killed_run_resumes_to_identical_metrics(recipe, tiny_vit, full_run, tmp
     out = tmp_path / "killed"
     monkeypatch.setenv(recipe.FAIL_ENV, "ln-bank-1pass:0")
     with pytest.raises(recipe.SimulatedFailure):
-        recipe.main(_argv(tiny_vit, out, "--method", "all"))
+        recipe.main(recipe_argv(tiny_vit, out, "--method", "all"))
     assert not (out / "metrics.json").exists()
     monkeypatch.delenv(recipe.FAIL_ENV)
-    recipe.main(_argv(tiny_vit, out, "--method", "all", "--resume"))
+    recipe.main(recipe_argv(tiny_vit, out, "--method", "all", "--resume"))
     assert (out / "metrics.json").read_bytes() == (full_run / "metrics.json").read_bytes()
 
 
@@ -75,19 +55,19 @@ def test_image_folder_without_images(recipe, tiny_vit, tmp_path):
     for split in ("train", "test"):
         for cls in ("a", "b"):
             (tmp_path / "data" / split / cls).mkdir(parents=True)
-    argv = _argv(tiny_vit, tmp_path / "out") + ["--data", str(tmp_path / "data")]
+    argv = recipe_argv(tiny_vit, tmp_path / "out") + ["--data", str(tmp_path / "data")]
     with pytest.raises(FileNotFoundError, match="No images"):
         recipe.main(argv)
 
 
 def test_more_tasks_than_classes(recipe, tiny_vit, tmp_path):
     with pytest.raises(ValueError, match="more than the 10 classes"):
-        recipe.main(_argv(tiny_vit, tmp_path / "out") + ["--tasks", "20"])
+        recipe.main(recipe_argv(tiny_vit, tmp_path / "out") + ["--tasks", "20"])
 
 
 def test_bad_flags_and_configs(recipe, tiny_vit, tmp_path):
     with pytest.raises(ValueError, match="Unknown --method"):
-        recipe.main(_argv(tiny_vit, tmp_path / "out", "--method", "ewc"))
+        recipe.main(recipe_argv(tiny_vit, tmp_path / "out", "--method", "ewc"))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"epochz": 3}))
     with pytest.raises(ValueError, match="unknown keys \\['epochz'\\]"):
@@ -103,6 +83,6 @@ def test_config_fields_parse_with_their_types(recipe):
 
 
 def test_shipped_configs_parse(recipe):
-    for path in sorted((RECIPE.parent / "configs").glob("*.json")):
+    for path in sorted((RECIPE_SCRIPT.parent / "configs").glob("*.json")):
         args = recipe.parse_args(["--config", path.stem])
         assert args.tasks >= 2 and args.modality in ("image", "text"), path.name

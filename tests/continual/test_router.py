@@ -15,7 +15,7 @@ from lntune.continual import LNBank, SinglePassLNBank, load_bank, save_bank
 from lntune.continual.router import ClassStatistics, oas_shrinkage
 
 from ..models import MODELS
-from .test_recipe import CIFAR10, load_recipe
+from .helpers import CIFAR10_DIR, load_recipe, two_task_lda_bank
 
 
 def _data(n_per_class: int = 30, dim: int = 6, classes: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,23 +129,8 @@ def test_errors_name_the_problem():
 
 
 # ---------------------------------------------------------------------------------------------------------- bank
-def _lda_bank() -> tuple[LNBank, dict[str, torch.Tensor]]:
-    torch.manual_seed(0)
-    bank = LNBank(MODELS["vit"].build(), num_classes=4, router="lda")
-    inputs = {"pixel_values": torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
-    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    for t, classes in enumerate(([0, 1], [2, 3])):
-        bank.add_task(classes)
-        with torch.no_grad():
-            for p in bank.adapter_parameters(t):
-                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(t + 1)) * 0.5)
-    queries = bank.query(**inputs)
-    bank.fit_router(queries, labels)
-    return bank, inputs
-
-
 def test_lda_router_picks_the_task_of_the_predicted_class_and_survives_a_checkpoint(tmp_path):
-    bank, inputs = _lda_bank()
+    bank, inputs = two_task_lda_bank()
     queries = bank.query(**inputs)
     expected = bank.class_task()[bank.statistics.predict(queries)]
     assert torch.equal(bank.select(queries), expected)
@@ -157,7 +142,7 @@ def test_lda_router_picks_the_task_of_the_predicted_class_and_survives_a_checkpo
 
 
 def test_topk_voting_keeps_the_most_confident_candidate():
-    bank, inputs = _lda_bank()
+    bank, inputs = two_task_lda_bank()
     queries = bank.query(**inputs)
     f1, t1 = bank.infer(queries=queries, **inputs)
     f_one, t_one = bank.infer(queries=queries, topk=1, **inputs)
@@ -176,11 +161,11 @@ def test_topk_voting_keeps_the_most_confident_candidate():
 # ---------------------------------------------------------------------------------------------------------- recipe
 @pytest.mark.slow
 def test_recipe_runs_lda_and_the_lda_routed_bank_with_topk(tiny_vit, tmp_path):
-    if not CIFAR10.is_dir():
-        pytest.skip(f"shared CIFAR-10 not found at {CIFAR10}")
+    if not CIFAR10_DIR.is_dir():
+        pytest.skip(f"shared CIFAR-10 not found at {CIFAR10_DIR}")
     recipe = load_recipe()
     argv = [
-        "--data", str(CIFAR10), "--model", str(tiny_vit), "--tasks", "2", "--max_train_per_class", "4",
+        "--data", str(CIFAR10_DIR), "--model", str(tiny_vit), "--tasks", "2", "--max_train_per_class", "4",
         "--max_test_per_class", "2", "--epochs", "1", "--batch_size", "8", "--rectify_epochs", "1", "--no_progress",
         "--method", "lda,nmc,ln-bank", "--router", "lda", "--router_topk", "2", "--compare_key_modes", "0",
         "--output_dir", str(tmp_path / "out"),

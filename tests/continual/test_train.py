@@ -25,9 +25,7 @@ from lntune.continual import (
 )
 from lntune.continual.stages import learn_keys, rectify_classifier, refine_layer_keys, train_task_lns
 
-from ..models import MODELS, minilm_dir
-
-_SMALL = dict(num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+from ..models import MODELS, TINY_SIZES, minilm_dir
 
 
 class _Images(Dataset):
@@ -188,7 +186,7 @@ def test_resume_after_a_kill_ends_exactly_like_an_uninterrupted_run(tmp_path):
 def test_text_bank_on_tiny_bert():
     tokenizer = tf.AutoTokenizer.from_pretrained(str(minilm_dir()))
     torch.manual_seed(0)
-    bert = tf.BertModel(tf.BertConfig(hidden_size=32, vocab_size=tokenizer.vocab_size, **_SMALL)).eval()
+    bert = tf.BertModel(tf.BertConfig(hidden_size=32, vocab_size=tokenizer.vocab_size, **TINY_SIZES)).eval()
     words = ["alarm", "weather", "music", "bank", "travel", "food"]
     texts = [f"please {w} now {i}" for w in words for i in range(3)]
     labels = np.repeat(np.arange(6), 3)

@@ -14,8 +14,7 @@ import torch
 
 from lntune.fisher import fisher_scores
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _dist_worker  # noqa: E402
+from . import distributed_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -42,7 +41,7 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
         "127.0.0.1",
         "--master_port",
         str(_free_port()),
-        str(Path(_dist_worker.__file__)),
+        str(Path(distributed_worker.__file__)),
         str(out),
     ]
     try:
@@ -51,13 +50,15 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
         pytest.fail(f"torchrun did not finish in {TIMEOUT_S} s:\n{err.stderr}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     per_rank = [torch.load(f"{out}.rank{r}") for r in (0, 1)]
-    assert all(n > 0 for n in per_rank) and sum(per_rank) == 2 * _dist_worker.NUM_SAMPLES  # two kinds
+    assert all(n > 0 for n in per_rank) and sum(per_rank) == 2 * distributed_worker.NUM_SAMPLES  # two kinds
     results = torch.load(out)
     for kind in ("empirical", "true"):
-        model, loader = _dist_worker.build()
-        single = fisher_scores(model, loader, num_samples=_dist_worker.NUM_SAMPLES, kind=kind, progress=False, seed=5)
+        model, loader = distributed_worker.build()
+        single = fisher_scores(
+            model, loader, num_samples=distributed_worker.NUM_SAMPLES, kind=kind, progress=False, seed=5
+        )
         got = results[kind]
-        assert got["num_samples"] == single.num_samples == _dist_worker.NUM_SAMPLES
+        assert got["num_samples"] == single.num_samples == distributed_worker.NUM_SAMPLES
         assert list(got["scores"]) == list(single)
         for name, per_param in single.items():
             for pname, ref in per_param.items():

@@ -15,76 +15,17 @@ import transformers
 from torch import nn
 
 from lntune import assets
-from lntune.fisher import FisherScores, fisher_scores, fisher_scores_reference
-from lntune.fisher.estimate import _fast_slope, affine_slope, norm_channel_dim
+from lntune.fisher import fisher_scores, fisher_scores_reference
+from lntune.fisher.per_sample import affine_slope, fast_slope, norm_channel_dim
 
 from ..models import SHARED_DATA
+from .helpers import assert_scores_close, tiny_bert, token_batches
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers.logging.set_verbosity_error()
 SST2 = SHARED_DATA / "glue" / "sst2" / "train.tsv"
 # The tiny data sets are smaller than the default num_samples=1024, which warns (tested on its own below).
 pytestmark = pytest.mark.filterwarnings("ignore:fisher_scores. num_samples=1024:UserWarning")
-
-
-def assert_scores_close(got: FisherScores, ref: FisherScores, rel: float = 1e-4, floor: float = 1e-6) -> float:
-    """Max relative error over entries above ``floor * max(ref)``; entries below it must agree in absolute terms."""
-    assert list(got) == list(ref)
-    top = max(float(t.max()) for p in ref.values() for t in p.values())
-    assert top > 0
-    worst = 0.0
-    for name in ref:
-        assert set(got[name]) == set(ref[name]), name
-        for pname, r in ref[name].items():
-            g = got[name][pname]
-            assert g.dtype == torch.float32 and g.shape == r.shape
-            big = r > floor * top
-            if big.any():
-                worst = max(worst, float(((g[big] - r[big]).abs() / r[big]).max()))
-            small_err = float((g[~big] - r[~big]).abs().max()) if (~big).any() else 0.0
-            assert small_err <= rel * floor * top, (name, pname)
-    assert worst <= rel, worst
-    print(f"max relative error {worst:.2e} over entries above {floor:g} * {top:.3g}")
-    return worst
-
-
-def _token_batches(vocab: int, sizes: list[int], max_len: int, seed: int, labels: str = "seq", num_labels: int = 2):
-    """Right-padded random token batches with varying lengths (every batch has padding)."""
-    gen = torch.Generator().manual_seed(seed)
-    batches = []
-    for size in sizes:
-        lengths = torch.randint(2, max_len + 1, (size,), generator=gen)
-        lengths[0] = max_len
-        ids = torch.randint(3, vocab, (size, max_len), generator=gen)
-        mask = (torch.arange(max_len)[None] < lengths[:, None]).long()
-        ids = ids * mask  # pad id 0
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if labels == "seq":
-            batch["labels"] = torch.randint(0, num_labels, (size,), generator=gen)
-        elif labels == "float":
-            batch["labels"] = torch.randn(size, generator=gen)
-        elif labels == "token":
-            tok = torch.randint(0, num_labels, (size, max_len), generator=gen)
-            tok[mask == 0] = -100
-            tok[:, 1] = -100  # an ignored real token too
-            batch["labels"] = tok
-        batches.append(batch)
-    return batches
-
-
-def _tiny_bert(num_labels: int = 2, seed: int = 0, **kw) -> nn.Module:
-    torch.manual_seed(seed)
-    cfg = transformers.BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        num_labels=num_labels,
-        **kw,
-    )
-    return transformers.BertForSequenceClassification(cfg)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -134,7 +75,7 @@ def test_norm_output_is_affine_in_its_parameters(module: nn.Module, shape: tuple
     view[cdim] = -1
     expected = offset + slope * w.view(view) + (b.view(view) if has_bias else 0)
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
-    fast = _fast_slope(module, x)
+    fast = fast_slope(module, x)
     if fast is not None:
         torch.testing.assert_close(fast, slope, rtol=1e-5, atol=1e-6)
 
@@ -179,7 +120,7 @@ def test_tiny_llama_causal_lm_matches_reference() -> None:
         max_position_embeddings=32,
     )
     model = transformers.LlamaForCausalLM(cfg)
-    batches = _token_batches(50, [3, 4], 9, seed=1, labels="none")
+    batches = token_batches(50, [3, 4], 9, seed=1, labels="none")
     got = fisher_scores(model, batches, progress=False)  # labels derived from input_ids, padding ignored
     assert got.task == "causal_lm" and got.num_samples == 7
     assert set(got.roles.values()) == {"attention", "output", "final"}
@@ -234,7 +175,7 @@ def test_tiny_gemma_one_plus_w_scale_matches_reference() -> None:
         for module in model.modules():
             if type(module).__name__ == "GemmaRMSNorm":
                 module.weight.normal_(0, 0.3)
-    batches = _token_batches(50, [3, 3], 8, seed=2, labels="seq", num_labels=3)
+    batches = token_batches(50, [3, 3], 8, seed=2, labels="seq", num_labels=3)
     for kind in ("empirical", "true"):
         got = fisher_scores(model, batches, kind=kind, progress=False)
         assert_scores_close(got, fisher_scores_reference(model, batches, kind=kind))
@@ -246,7 +187,7 @@ def test_tiny_t5_token_classification_matches_reference() -> None:
         vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2, num_labels=4, dropout_rate=0.0
     )
     model = transformers.T5ForTokenClassification(cfg)
-    batches = _token_batches(50, [3, 2], 7, seed=3, labels="token", num_labels=4)
+    batches = token_batches(50, [3, 2], 7, seed=3, labels="token", num_labels=4)
     got = fisher_scores(model, batches, progress=False)
     assert got.task == "token_classification"
     assert_scores_close(got, fisher_scores_reference(model, batches))
@@ -254,16 +195,16 @@ def test_tiny_t5_token_classification_matches_reference() -> None:
 
 @pytest.mark.parametrize("kind", ["empirical", "true"])
 def test_regression_head_matches_reference(kind: str) -> None:
-    model = _tiny_bert(num_labels=1)
-    batches = _token_batches(40, [4, 3], 8, seed=4, labels="float")
+    model = tiny_bert(num_labels=1)
+    batches = token_batches(40, [4, 3], 8, seed=4, labels="float")
     got = fisher_scores(model, batches, kind=kind, progress=False)
     assert got.task == "regression"
     assert_scores_close(got, fisher_scores_reference(model, batches, kind=kind))
 
 
 def test_multi_label_matches_reference() -> None:
-    model = _tiny_bert(num_labels=3, problem_type="multi_label_classification")
-    batches = _token_batches(40, [4], 8, seed=5, labels="none")
+    model = tiny_bert(num_labels=3, problem_type="multi_label_classification")
+    batches = token_batches(40, [4], 8, seed=5, labels="none")
     batches[0]["labels"] = torch.tensor([[1.0, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]])
     got = fisher_scores(model, batches, progress=False)
     assert got.task == "multi_label_classification"
@@ -311,9 +252,9 @@ def test_norm_called_twice_and_tuple_batches() -> None:
 def test_peft_wrapped_model_scores_base_norms_and_restores_flags() -> None:
     import peft
 
-    batches = _token_batches(40, [4, 3], 8, seed=6)
-    plain = fisher_scores(_tiny_bert(), batches, progress=False)
-    model = peft.get_peft_model(_tiny_bert(), peft.LoraConfig(target_modules=["query", "value"], r=2))
+    batches = token_batches(40, [4, 3], 8, seed=6)
+    plain = fisher_scores(tiny_bert(), batches, progress=False)
+    model = peft.get_peft_model(tiny_bert(), peft.LoraConfig(target_modules=["query", "value"], r=2))
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     got = fisher_scores(model, batches, progress=False)
     assert got.task == "sequence_classification"
@@ -339,8 +280,8 @@ class _Wrapper(nn.Module):
 
 
 def test_tuner_wrapped_norms_are_reported_under_the_wrapper_name() -> None:
-    model = _tiny_bert()
-    batches = _token_batches(40, [4], 8, seed=7)
+    model = tiny_bert()
+    batches = token_batches(40, [4], 8, seed=7)
     plain = fisher_scores(model, batches, progress=False)
     layer = model.bert.encoder.layer[0]
     layer.output.LayerNorm = _Wrapper(layer.output.LayerNorm)
@@ -351,13 +292,13 @@ def test_tuner_wrapped_norms_are_reported_under_the_wrapper_name() -> None:
 
 
 def test_state_is_restored_and_nothing_left_behind() -> None:
-    model = _tiny_bert(hidden_dropout_prob=0.5)
+    model = tiny_bert(hidden_dropout_prob=0.5)
     model.train()
     model.bert.embeddings.eval()
     model.classifier.weight.requires_grad_(False)
     modes = {n: m.training for n, m in model.named_modules()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    batches = _token_batches(40, [4], 8, seed=8)
+    batches = token_batches(40, [4], 8, seed=8)
     a = fisher_scores(model, batches, progress=False)
     b = fisher_scores(model, batches, progress=False)  # dropout off while scoring: same numbers twice
     assert_scores_close(a, b, rel=1e-6)
@@ -368,8 +309,8 @@ def test_state_is_restored_and_nothing_left_behind() -> None:
 
 
 def test_true_fisher_is_seeded_and_independent_of_batching() -> None:
-    model = _tiny_bert(num_labels=4)
-    batches = _token_batches(40, [5, 5], 8, seed=9, num_labels=4)
+    model = tiny_bert(num_labels=4)
+    batches = token_batches(40, [5, 5], 8, seed=9, num_labels=4)
     a = fisher_scores(model, batches, kind="true", seed=1, progress=False)
     b = fisher_scores(model, batches, kind="true", seed=1, progress=False)
     for name in a:
@@ -383,8 +324,8 @@ def test_true_fisher_is_seeded_and_independent_of_batching() -> None:
 
 
 def test_num_samples_truncates_and_warns_when_data_is_short() -> None:
-    model = _tiny_bert()
-    batches = _token_batches(40, [4, 4, 4], 8, seed=10)
+    model = tiny_bert()
+    batches = token_batches(40, [4, 4, 4], 8, seed=10)
     got = fisher_scores(model, batches, num_samples=6, progress=False)
     assert got.num_samples == 6
     assert_scores_close(got, fisher_scores_reference(model, batches, num_samples=6))
@@ -407,8 +348,8 @@ def test_num_samples_truncates_and_warns_when_data_is_short() -> None:
 
 
 def test_errors_are_clear() -> None:
-    model = _tiny_bert()
-    batches = _token_batches(40, [4, 4], 8, seed=11)
+    model = tiny_bert()
+    batches = token_batches(40, [4, 4], 8, seed=11)
     with pytest.raises(ValueError, match="no samples"):
         fisher_scores(model, [], progress=False)
     with pytest.raises(ValueError, match="unknown Fisher kind 'fisher'"):

@@ -16,7 +16,7 @@ from torch import nn
 from lntune import LNTuneConfig
 from lntune.fisher import fisher_scores, fisher_scores_reference, select_by_fisher
 
-from .test_estimate import _tiny_bert, _token_batches, assert_scores_close
+from .helpers import assert_scores_close, tiny_bert, token_batches
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers.logging.set_verbosity_error()
@@ -91,7 +91,7 @@ def test_convnext_channels_equal_to_spatial_width_matches_reference(builder: str
 def test_channel_dim_is_read_from_the_definition() -> None:
     from transformers.models.convnext.modeling_convnext import ConvNextLayerNorm
 
-    from lntune.fisher.estimate import norm_channel_dim
+    from lntune.fisher.per_sample import norm_channel_dim
 
     assert norm_channel_dim(ConvNextLayerNorm(8, data_format="channels_first"), 4) == 1
     assert norm_channel_dim(ConvNextLayerNorm(8, data_format="channels_last"), 4) == 3
@@ -150,7 +150,7 @@ def _gpt2() -> nn.Module:  # learned absolute positions: left padding must not s
 def test_causal_lm_left_and_right_padding_give_the_same_scores(builder, kind: str) -> None:
     model = builder().eval()
     _randomize_norms(model, 0.2)
-    right = _token_batches(50, [3, 4], 9, seed=1, labels="none")
+    right = token_batches(50, [3, 4], 9, seed=1, labels="none")
     for batch in right:  # explicit labels with padding and one ignored real token
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         batch["labels"][:, 2] = -100
@@ -189,7 +189,7 @@ def _bart() -> nn.Module:
 
 def _seq2seq_batches(sizes: list[int], src_len: int, tgt_len: int, seed: int) -> list[dict[str, torch.Tensor]]:
     """Right-padded sources (attention_mask) and targets (labels padded with -100), lengths varying per sample."""
-    batches = _token_batches(50, sizes, src_len, seed=seed, labels="none")
+    batches = token_batches(50, sizes, src_len, seed=seed, labels="none")
     gen = torch.Generator().manual_seed(seed + 100)
     for batch in batches:
         n = batch["input_ids"].shape[0]
@@ -232,14 +232,14 @@ def test_seq2seq_without_decoder_start_token_says_what_to_set() -> None:
 def test_peft_model_scores_have_base_names_and_select_into_a_mask() -> None:
     from peft import get_peft_model
 
-    batches = _token_batches(40, [4, 3], 8, seed=6)
-    plain = fisher_scores(_tiny_bert(), batches, progress=False)
-    peft_model = get_peft_model(_tiny_bert(), LNTuneConfig(task_type="SEQ_CLS"))
+    batches = token_batches(40, [4, 3], 8, seed=6)
+    plain = fisher_scores(tiny_bert(), batches, progress=False)
+    peft_model = get_peft_model(tiny_bert(), LNTuneConfig(task_type="SEQ_CLS"))
     scores = fisher_scores(peft_model, batches, progress=False)
     assert list(scores) == list(plain) and list(scores.roles) == list(plain.roles)
     assert not any(name.startswith("base_model.") for name in scores)
     mask = select_by_fisher(scores, count=10)
-    fresh = get_peft_model(_tiny_bert(), LNTuneConfig(task_type="SEQ_CLS", mask=mask))  # a fresh base accepts it
+    fresh = get_peft_model(tiny_bert(), LNTuneConfig(task_type="SEQ_CLS", mask=mask))  # a fresh base accepts it
     assert sum(p.numel() for n, p in fresh.named_parameters() if ".lntune_" in n) == 10
     peft_model.set_mask(mask)  # and so does the scored model itself
     assert sum(p.numel() for n, p in peft_model.named_parameters() if ".lntune_" in n) == 10
@@ -275,7 +275,7 @@ def test_norm_on_flattened_rows_matches_reference() -> None:
     torch.manual_seed(0)
     model = _FlatNormLM().eval()
     _randomize_norms(model)
-    batches = _token_batches(40, [8, 5], 12, seed=7, num_labels=3)  # 8 x 12 = 96 rows at the flattened norm
+    batches = token_batches(40, [8, 5], 12, seed=7, num_labels=3)  # 8 x 12 = 96 rows at the flattened norm
     for kind in ("empirical", "true"):
         got = fisher_scores(model, batches, kind=kind, progress=False)
         assert float(got["flat_norm"]["weight"].min()) > 0
@@ -285,7 +285,7 @@ def test_norm_on_flattened_rows_matches_reference() -> None:
 def test_rows_that_no_input_shape_explains_raise_naming_the_norm() -> None:
     torch.manual_seed(0)
     model = _FlatNormLM(split=2).eval()
-    batches = _token_batches(40, [8], 12, seed=7, num_labels=3)
+    batches = token_batches(40, [8], 12, seed=7, num_labels=3)
     with pytest.raises(ValueError, match="norm 'flat_norm' output has leading dim 192, which is neither"):
         fisher_scores(model, batches, progress=False)
     assert all(not m._forward_hooks for m in model.modules())
@@ -298,7 +298,7 @@ def test_rows_that_no_input_shape_explains_raise_naming_the_norm() -> None:
 def test_nan_gradients_raise_naming_the_norm() -> None:
     torch.manual_seed(0)
     model = _FlatNormLM(vocab=41).eval()  # token 40 never occurs in the batches
-    batches = _token_batches(40, [4, 4], 6, seed=8, num_labels=3)
+    batches = token_batches(40, [4, 4], 6, seed=8, num_labels=3)
     with torch.no_grad():
         model.norm.weight[0] = float("nan")  # poisons this norm's output (and so the loss)
     # NaN flows back from `norm` into `flat_norm` too: the first norm in module order is named
@@ -334,13 +334,13 @@ def test_nan_per_sample_gradient_with_a_finite_loss_names_the_norm() -> None:
 
     torch.manual_seed(0)
     model = _NaNGrad().eval()
-    batches = _token_batches(40, [4], 6, seed=9, num_labels=3)
+    batches = token_batches(40, [4], 6, seed=9, num_labels=3)
     with pytest.raises(FloatingPointError, match="batch 0 .*at norm 'norm.weight'"):
         fisher_scores(model, batches, progress=False)
 
 
 def test_bad_input_and_empty_loaders_raise_clearly() -> None:
-    model = _tiny_bert()
+    model = tiny_bert()
     with pytest.raises(ValueError, match="no samples"):
         fisher_scores(model, iter([]), progress=False)
     with pytest.raises(ValueError, match="no samples"):

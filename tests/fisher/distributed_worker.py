@@ -1,7 +1,7 @@
 # Copyright 2026 the lntune authors. Licensed under the Apache License, Version 2.0.
-"""Worker for test_distributed.py: ``torchrun --nproc_per_node 2 _dist_worker.py OUT`` scores a tiny random model with
-``Accelerator(cpu=True)`` (gloo) and the main process saves the scores to ``OUT``; every rank saves how many samples
-it ran forward to ``OUT.rank<r>``. ``build()`` is shared with the single-process side of the test."""
+"""Worker for test_distributed.py: ``torchrun --nproc_per_node 2 distributed_worker.py OUT`` scores a tiny random
+model with ``Accelerator(cpu=True)`` (gloo) and the main process saves the scores to ``OUT``; every rank saves how many
+samples it ran forward to ``OUT.rank<r>``. ``build()`` is shared with the single-process side of the test."""
 
 from __future__ import annotations
 
