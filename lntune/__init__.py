@@ -30,6 +30,7 @@ _check_peft_version()  # before any import of peft, so an old peft fails here an
 
 from .fisher import FisherScores, fisher_scores, select_by_fisher, summarize_selection, top_modules, warm_up_head  # noqa: E402
 from .fisher.callback import FisherSelectionCallback, swap_optimizer_params  # noqa: E402
+from .heads import init_head_bias  # noqa: E402
 from .norms import ROLES, NormInfo, find_norms, is_norm, norm_role  # noqa: E402
 from .tuner import BASE_ADAPTER, PEFT_TYPE, PRESETS, LNTuneConfig, LNTuneLayer, LNTuneModel  # noqa: E402
 
@@ -48,6 +49,7 @@ __all__ = [
     "NormInfo",
     "find_norms",
     "fisher_scores",
+    "init_head_bias",
     "is_norm",
     "norm_role",
     "select_by_fisher",

@@ -318,3 +318,41 @@ def test_search_tabulates_resumes_and_refuses_bad_input(tiny_bert: Path, tmp_pat
     sweep_argv += ["--data_dir", str(TINY_DIR), "--runs_dir", str(tmp_path / "tmp" / "glue_search_tiny")]
     with pytest.raises(ValueError, match="one table holds one model"):
         sweep.main([*sweep_argv, "--report_only", "--out", str(tmp_path / "sweep")])
+
+
+@pytest.mark.parametrize("task", ["stsb", "rte"])
+def test_head_start_options(tiny_bert: Path, task: str) -> None:
+    extra = ["--head_bias_init", "prior", "--head_warmup_steps", "3"]
+    results = run_glue.main(_argv(tiny_bert, task, "lntune", None, *extra))
+    if task == "stsb":  # regression: the bias starts at the mean training label
+        rows = (TINY_DIR / task / "train.tsv").read_text().splitlines()[1:]
+        labels = [float(row.split("\t")[-1]) for row in rows]
+        assert results["head_bias_prior"] == pytest.approx([sum(labels) / len(labels)])
+    else:  # classification: centred log class frequencies
+        assert len(results["head_bias_prior"]) == 2 and sum(results["head_bias_prior"]) == pytest.approx(0.0, abs=1e-9)
+    assert results["head_warmup"]["steps"] == 3 and results["head_warmup_steps"] == 3
+    plain = run_glue.main(_argv(tiny_bert, task, "lntune", None))
+    assert plain["head_bias_init"] == "zero" and "head_bias_prior" not in plain
+    assert "head_warmup" not in plain
+
+
+def test_negative_head_warmup_is_an_argparse_error(tiny_bert: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        run_glue.main(_argv(tiny_bert, "rte", "lntune", None, "--head_warmup_steps", "-1"))
+    assert "--head_warmup_steps must be >= 0" in capsys.readouterr().err
+
+
+def test_search_names_head_settings(tiny_bert: Path, tmp_path: Path) -> None:
+    argv = ["--tasks", "rte", "--methods", "lntune", "--epochs", "lntune=1", "--pooling", "mean"]
+    argv += ["--head_bias_init", "zero", "prior", "--head_warmup_steps", "0", "2", "--model", str(tiny_bert)]
+    argv += ["--name", "tiny", "--data_dir", str(TINY_DIR), "--max_train_samples", "4"]
+    argv += ["--validation_split_percentage", "50", "--out", str(tmp_path)]
+    assert search.main(argv) == 0
+    markdown = (tmp_path / "glue_search_tiny.md").read_text()
+    for name in (
+        "mean-lr0.01-ep1",
+        "mean-lr0.01-ep1-biasprior",
+        "mean-lr0.01-ep1-hw2",
+        "mean-lr0.01-ep1-biasprior-hw2",
+    ):
+        assert f"| lntune | {name} |" in markdown

@@ -48,7 +48,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 import lntune
 from lntune import comparisons
 from lntune.assets import minilm_dir_or_none
+from lntune.fisher import fisher_scores, select_by_fisher, warm_up_head
 from lntune.glue import TASKS, glue_metric, load_glue, load_glue_from_hub
+from lntune.heads import init_head_bias
 from lntune.io import write_json
 from lntune.pooling import checkpoint_pooling, use_mean_pooling
 
@@ -103,8 +105,6 @@ def build_lntune_output(model: nn.Module, ctx: BuildContext) -> nn.Module:
 
 def build_lntune_fisher(model: nn.Module, ctx: BuildContext) -> nn.Module:
     """LayerNorm tuning of the norm scalars with the largest diagonal Fisher on the training set, plus the head."""
-    from lntune.fisher import fisher_scores, select_by_fisher, warm_up_head
-
     args, accelerator = ctx.args, ctx.accelerator
     # fixed order, the same on every process: fisher_scores shards the batches itself and all-reduces the sums
     loader = DataLoader(ctx.train_dataset, batch_size=args.per_device_train_batch_size, collate_fn=ctx.collator)
@@ -287,6 +287,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="none",
         help="lntune-fisher: 'kind' ranks gains and biases each relative to their own mean score.",
     )
+    parser.add_argument(
+        "--head_bias_init",
+        choices=["zero", "prior"],
+        default="zero",
+        help="Bias of the new head's output layer: 'zero' (transformers' init) or 'prior': the training labels' mean "
+        "(regression) or log class frequencies (lntune.heads.init_head_bias), for every method.",
+    )
+    parser.add_argument(
+        "--head_warmup_steps",
+        type=int,
+        default=0,
+        help="Train the new head alone for this many steps (backbone frozen, AdamW at --learning_rate) before the "
+        "method's training starts (linear probe, then fine-tune), for every method.",
+    )
     parser.add_argument("--cpu", action="store_true", help="Run on CPU even if an accelerator is available.")
     parser.add_argument("--no_save_model", action="store_true", help="Write all_results.json but no weights.")
     args = parser.parse_args(argv)
@@ -316,6 +330,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio}")
     if args.fisher_warmup_steps < 0:
         parser.error(f"--fisher_warmup_steps must be >= 0, got {args.fisher_warmup_steps}")
+    if args.head_warmup_steps < 0:
+        parser.error(f"--head_warmup_steps must be >= 0, got {args.head_warmup_steps}")
     if not 0.0 < args.fisher_fraction <= 1.0:
         parser.error(f"--fisher_fraction must be in (0, 1], got {args.fisher_fraction}")
     return args
@@ -464,9 +480,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     eval_loader = DataLoader(eval_dataset, collate_fn=collator, batch_size=args.per_device_eval_batch_size)
 
+    # Optional head start, the same for every method: bias at the label prior, then a head-only warm-up
+    info: dict[str, Any] = {}
+    if args.head_bias_init == "prior":
+        info["head_bias_prior"] = init_head_bias(model, train_dataset["labels"], spec.num_labels)
+        logger.info(f"head bias initialised at the training-label prior {info['head_bias_prior']}")
+    if args.head_warmup_steps > 0:
+        # every process takes the same steps on the same seeded order, so the heads agree without communication
+        order = torch.Generator().manual_seed(args.seed)
+        warm_loader = DataLoader(
+            train_dataset,
+            shuffle=True,
+            generator=order,
+            collate_fn=collator,
+            batch_size=args.per_device_train_batch_size,
+        )
+        model.to(accelerator.device)
+        info["head_warmup"] = warm_up_head(
+            model, warm_loader, steps=args.head_warmup_steps, learning_rate=args.learning_rate
+        )
+        logger.info(f"head warm-up: {info['head_warmup']}")
+
     # Build the trainable model with the method's builder
     _, total_params = count_params(model)
-    info: dict[str, Any] = {}
     model = method.build(model, BuildContext(args, accelerator, train_dataset, collator, info))
     trainable_params, _ = count_params(model)
     logger.info(
@@ -547,6 +583,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         learning_rate=args.learning_rate,
         warmup_ratio=args.warmup_ratio,
         pooling=args.pooling,
+        head_bias_init=args.head_bias_init,
+        head_warmup_steps=args.head_warmup_steps,
         evaluated_on="train_split" if args.validation_split_percentage is not None else "dev",
         validation_split_percentage=args.validation_split_percentage,
         per_device_train_batch_size=args.per_device_train_batch_size,

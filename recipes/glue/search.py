@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--epochs", nargs="+", default=[], metavar="METHOD=N", help="Epochs per run (the curve picks fewer)."
     )
     parser.add_argument("--pooling", nargs="+", default=["auto"], choices=["auto", "cls", "mean"])
+    parser.add_argument(
+        "--head_bias_init", nargs="+", default=["zero"], choices=["zero", "prior"], help="run_glue's, per setting."
+    )
+    parser.add_argument(
+        "--head_warmup_steps", nargs="+", type=int, default=[0], help="run_glue's head-only warm-up, per setting."
+    )
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--model", type=str, default=run_glue.default_model())
     parser.add_argument("--name", type=str, default=None)
@@ -82,24 +88,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for method, value in args.grid_epochs.items():
         if value < 1:
             parser.error(f"--epochs {method}={value}: must be >= 1")
+    if any(steps < 0 for steps in args.head_warmup_steps):
+        parser.error(f"--head_warmup_steps must be >= 0, got {args.head_warmup_steps}")
     args.name = args.name or sweep.model_name(args.model)
     args.runs_dir = Path(args.runs_dir) if args.runs_dir else Path(args.out) / "tmp" / f"glue_search_{args.name}"
     return args
 
 
-def settings(args: argparse.Namespace, method: str) -> list[tuple[str, float, int]]:
-    """(pooling, learning rate, epochs) of every run of `method` in the grid."""
+Setting = tuple[str, float, int, str, int]  # pooling, learning rate, epochs, head bias init, head warm-up steps
+
+
+def settings(args: argparse.Namespace, method: str) -> list[Setting]:
+    """(pooling, learning rate, epochs, head bias init, head warm-up steps) of every run of `method` in the grid."""
     lrs = args.grid_lrs.get(method) or [run_glue.METHODS[method].learning_rate]
     epochs = args.grid_epochs.get(method, run_glue.METHODS[method].num_train_epochs)
-    return [(pooling, lr, epochs) for pooling in args.pooling for lr in lrs]
+    return [
+        (pooling, lr, epochs, bias, warmup)
+        for pooling in args.pooling
+        for lr in lrs
+        for bias in args.head_bias_init
+        for warmup in args.head_warmup_steps
+    ]
 
 
-def setting_name(pooling: str, lr: float, epochs: int) -> str:
-    return f"{pooling}-lr{lr:g}-ep{epochs}"
+def setting_name(pooling: str, lr: float, epochs: int, bias: str = "zero", warmup: int = 0) -> str:
+    """Folder name of a setting; the head options appear only when they differ from run_glue's defaults."""
+    name = f"{pooling}-lr{lr:g}-ep{epochs}"
+    if bias != "zero":
+        name += f"-bias{bias}"
+    if warmup:
+        name += f"-hw{warmup}"
+    return name
 
 
-def run_one(args: argparse.Namespace, task: str, method: str, setting: tuple[str, float, int], seed: int, out: Path):
-    pooling, lr, epochs = setting
+def run_one(args: argparse.Namespace, task: str, method: str, setting: Setting, seed: int, out: Path):
+    pooling, lr, epochs, bias, warmup = setting
     argv = [
         "--task",
         task,
@@ -117,6 +140,7 @@ def run_one(args: argparse.Namespace, task: str, method: str, setting: tuple[str
     argv += ["--validation_split_percentage", str(args.validation_split_percentage)]
     argv += ["--max_seq_length", str(args.max_seq_length)]
     argv += ["--per_device_train_batch_size", str(args.per_device_train_batch_size)]
+    argv += ["--head_bias_init", bias, "--head_warmup_steps", str(warmup)]
     return run_glue.main(argv)
 
 
