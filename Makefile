@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 COMPAT_PY := .venv-compat/bin/python
-TUNER_TESTS := tests/test_tuner.py tests/test_errors.py tests/test_mask.py tests/test_integration.py tests/test_registration.py
+TUNER_TESTS := tests/tuner/test_matrix.py tests/tuner/test_errors.py tests/tuner/test_mask.py tests/tuner/test_integration.py tests/tuner/test_registration.py
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1

@@ -15,7 +15,7 @@ import pytest
 from lntune.glue import glue_metric, load_glue_metric
 from lntune.glue.metric import METRIC_CONFIGS, METRIC_SCRIPT_DIR, metric_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Binary confusion with TP=3, TN=2, FP=1, FN=1 (7 examples).
 REFS = [1, 1, 1, 1, 0, 0, 0]

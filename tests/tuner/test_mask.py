@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from lntune import LNTuneConfig
 
-from .models import build
+from ..models import build
 
 
 def test_set_mask_keeps_selected_values_and_saves_only_them(tmp_path):

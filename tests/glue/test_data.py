@@ -13,8 +13,10 @@ import pytest
 
 from lntune.glue import TASKS, load_glue, normalize_task
 
-GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
-TINY_DIR = Path(__file__).resolve().parent / "data" / "glue_tiny"
+from ..models import SHARED_DATA
+
+GLUE_DIR = SHARED_DATA / "glue"
+TINY_DIR = Path(__file__).resolve().parents[1] / "data" / "glue_tiny"
 
 # From /work/shared/data/README.md (GLUE section): (train rows, dev rows, train label counts, dev label counts).
 REAL = {

@@ -10,8 +10,8 @@ from torch import nn
 
 from lntune import LNTuneConfig, LNTuneLayer
 
+from ..models import build
 from . import testing_common as tc
-from .models import build
 
 
 def _bert():

@@ -15,7 +15,7 @@ from torch import nn
 
 from lntune import LNTuneConfig, LNTuneLayer
 
-from .models import build
+from ..models import build
 
 
 class MLPLayerNorm(nn.Module):

@@ -15,7 +15,7 @@ from peft.utils import PeftType
 import lntune
 from lntune import LNTuneConfig, LNTuneModel
 
-from .models import build
+from ..models import build
 
 
 def test_registration_with_peft():

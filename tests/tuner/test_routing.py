@@ -9,7 +9,7 @@ from peft import get_peft_model
 
 from lntune import LNTuneConfig
 
-from .models import build
+from ..models import build
 
 
 def _with_distinct_heads(model_id: str, task_type: str):

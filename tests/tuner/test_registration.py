@@ -22,9 +22,9 @@ import lntune
 from lntune import LNTuneConfig
 from lntune.tuner import registration
 
-from .models import build
+from ..models import build
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Saves a tiny LoRA adapter (random, seeded) to `out`; with `with_lntune`, first imports lntune and saves an lntune
 # adapter in the same process, so whatever lntune swaps during its own saves must be back for the LoRA save. Both sides

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from lntune import LNTuneConfig, LNTuneLayer
 
-from .models import build
+from ..models import build
 
 
 def model_output(model, batch, key) -> torch.Tensor:
