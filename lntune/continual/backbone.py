@@ -25,7 +25,16 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-__all__ = ["POOLINGS", "Encoder", "HFTextEncoder", "HFVisionEncoder", "TimmVisionEncoder", "as_encoder"]
+__all__ = [
+    "POOLINGS",
+    "Encoder",
+    "HFTextEncoder",
+    "HFVisionEncoder",
+    "TimmVisionEncoder",
+    "as_encoder",
+    "find_blocks",
+    "pool_tokens",
+]
 
 POOLINGS = ("cls", "mean")
 Pooling = Literal["cls", "mean"]
@@ -145,3 +154,27 @@ def as_encoder(model: nn.Module, pooling: Pooling | None = None) -> Encoder:
         "pixel_values), transformers text encoders (forward takes input_ids) and timm ViTs (forward_features + "
         "forward_head); or pass an lntune.continual.Encoder subclass."
     )
+
+
+def find_blocks(encoder: nn.Module) -> tuple[str, nn.Module]:
+    """`(name, container)` of the backbone's transformer blocks: the longest `nn.ModuleList` / `nn.Sequential` whose
+    children all have one type (HF `encoder.layer`, timm `blocks`). Raises a ValueError if there is none."""
+    best: tuple[str, nn.Module] | None = None
+    for name, module in encoder.named_modules():
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) >= 2:
+            if len({type(m) for m in module}) == 1 and (best is None or len(module) > len(best[1])):
+                best = (name, module)
+    if best is None:
+        raise ValueError(f"Found no stack of transformer blocks in {type(encoder).__name__}.")
+    return best
+
+
+def pool_tokens(encoder: Encoder, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The pooled token of a block's input `hidden` `(batch, tokens, dim)`, as float: [CLS] for vision (and text
+    pooled with `"cls"`), the attention-masked mean for text pooled with `"mean"`."""
+    if encoder.modality == "image" or getattr(encoder, "pooling", "cls") == "cls":
+        return hidden[:, 0].float()
+    if mask is None:
+        return hidden.mean(dim=1).float()
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return ((hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)).float()

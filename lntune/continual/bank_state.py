@@ -29,6 +29,7 @@ class BankState:
             "lntune_config": self.lntune_config.to_dict(),
             "router": self.router,
             "shrinkage": None if self.statistics is None else self.statistics.shrinkage,
+            "query_layers": self.query_layers,
         }
 
     def state_tensors(self) -> dict[str, torch.Tensor]:

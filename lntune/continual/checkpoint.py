@@ -111,6 +111,7 @@ def load_bank(
         seed=m["seed"],
         **({"router": m["router"], "shrinkage": m.get("shrinkage")} if m.get("router", "keys") != "keys" else {}),
         **({"selection_layer": m["selection_layer"]} if "selection_layer" in m else {}),
+        **({"query_layers": m["query_layers"]} if m.get("query_layers", 1) != 1 else {}),
     )
     if bank.dim != m["dim"]:
         raise ValueError(f"{path} was saved for features of size {m['dim']}, this encoder gives {bank.dim}.")

@@ -106,7 +106,8 @@ class QueryCache:
 
     def _query_bank(self) -> LNBank:
         if self._bank is None:
-            self._bank = LNBank(self.ctx.make_encoder(), num_classes=1).to(self.ctx.device).eval()
+            layers = self.ctx.config.query_layers
+            self._bank = LNBank(self.ctx.make_encoder(), num_classes=1, query_layers=layers).to(self.ctx.device).eval()
         return self._bank
 
     @torch.no_grad()
@@ -119,7 +120,7 @@ class QueryCache:
             with ctx.autocast():
                 out.append(bank.query(**send_to_device(inputs, ctx.device)).float())
         self.computed += len(rows)
-        local = torch.cat(out) if out else torch.zeros(0, bank.dim, device=ctx.device)
+        local = torch.cat(out) if out else torch.zeros(0, bank.query_dim, device=ctx.device)
         return gather_rows(ctx, {"queries": local}, len(rows), size)["queries"]
 
     def get(self, which: str, rows: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..norms import is_norm
 from ..tuner import LNTuneConfig
-from .backbone import as_encoder
+from .backbone import as_encoder, find_blocks, pool_tokens
 from .bank import LNBank
 
 __all__ = ["LateSelectionLNBank", "default_selection_layer", "find_blocks", "late_norm_names"]
@@ -31,19 +31,6 @@ __all__ = ["LateSelectionLNBank", "default_selection_layer", "find_blocks", "lat
 
 class _Stop(Exception):
     """Raised by the capture hook to end a frozen pass at block `L` (the later blocks are not needed)."""
-
-
-def find_blocks(encoder: nn.Module) -> tuple[str, nn.Module]:
-    """`(name, container)` of the backbone's transformer blocks: the longest `nn.ModuleList` / `nn.Sequential` whose
-    children all have one type (HF `encoder.layer`, timm `blocks`). Raises a ValueError if there is none."""
-    best: Optional[tuple[str, nn.Module]] = None
-    for name, module in encoder.named_modules():
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) >= 2:
-            if len({type(m) for m in module}) == 1 and (best is None or len(module) > len(best[1])):
-                best = (name, module)
-    if best is None:
-        raise ValueError(f"Found no stack of transformer blocks in {type(encoder).__name__}.")
-    return best
 
 
 def default_selection_layer(encoder: nn.Module) -> int:
@@ -111,11 +98,21 @@ class LateSelectionLNBank(LNBank):
         template = kwargs.pop("lntune_config", None) or LNTuneConfig()
         config = copy.deepcopy(template)
         config.target_modules = self.late_norms
+        layers = kwargs.get("query_layers", 1)
+        if not isinstance(layers, bool) and isinstance(layers, int) and layers > selection_layer:
+            raise ValueError(
+                f"query_layers={layers} would read the inputs of blocks {selection_layer - layers + 1}..{selection_layer}"
+                f", but selection happens at block {selection_layer}: use query_layers <= {selection_layer}."
+            )
         super().__init__(encoder, num_classes, key_mode="task", lntune_config=config, router="lda", **kwargs)
         self.selection_layer = selection_layer
-        self.block = find_blocks(encoder)[1][selection_layer]
+        blocks = find_blocks(encoder)[1]
+        # blocks L-k+1..L (a plain list: the backbone registers them already); the last one routes
+        self._selection_blocks = [
+            blocks[i] for i in range(selection_layer - self.query_layers + 1, selection_layer + 1)
+        ]
         self.last_selection = torch.zeros(0, dtype=torch.long)
-        self.last_queries = torch.zeros(0, self.dim)
+        self.last_queries = torch.zeros(0, self.query_dim)
 
     def manifest(self) -> dict[str, Any]:
         return {**super().manifest(), "selection_layer": self.selection_layer}
@@ -135,39 +132,44 @@ class LateSelectionLNBank(LNBank):
             raise ValueError("The bank has no task yet: add_task() first.")
         return self.task_scores(queries, upto).argmax(dim=-1)
 
-    def _pool(self, hidden: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """The pooled token of a block input: [CLS] (vision, or `pooling="cls"`) or the masked mean (text)."""
-        if getattr(self.encoder, "pooling", "cls") == "cls" or self.encoder.modality == "image":
-            return hidden[:, 0].float()
-        if mask is None:
-            return hidden.mean(dim=1).float()
-        m = mask.to(hidden.dtype).unsqueeze(-1)
-        return ((hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)).float()
-
     @contextmanager
-    def _block_hook(self, fn) -> Iterator[None]:
-        """Call `fn(hidden)` with the hidden states entering block `L` during the forwards of the `with` body."""
+    def _block_hook(self, fn, mask: Optional[torch.Tensor]) -> Iterator[None]:
+        """Call `fn(query)` when the forwards of the `with` body enter block `L`; `query` is the pooled token entering
+        block `L` ([CLS], or the masked mean for mean-pooled text), preceded with `query_layers = k > 1` by the pooled
+        tokens entering blocks `L-k+1..L-1`."""
+        pooled: list[torch.Tensor] = []
+        last = len(self._selection_blocks) - 1
 
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            fn(args[0] if args else kwargs["hidden_states"])
+        def make_hook(i: int):
+            def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                pooled.append(pool_tokens(self.encoder, args[0] if args else kwargs["hidden_states"], mask))
+                if i == last:
+                    query = torch.cat(pooled, dim=-1)
+                    pooled.clear()
+                    fn(query)
 
-        handle = self.block.register_forward_pre_hook(hook, with_kwargs=True)
+            return hook
+
+        handles = [
+            b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(self._selection_blocks)
+        ]
         try:
             yield
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     @torch.no_grad()
     def selection_features(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """Frozen pooled features at the input of block `L` (the pass stops there: `L` blocks of compute)."""
+        """Frozen pooled features at the input of block `L` (the pass stops there: `L` blocks of compute); with
+        `query_layers = k`, those entering blocks `L-k+1..L`, concatenated."""
         out: list[torch.Tensor] = []
-        mask = inputs.get("attention_mask")
 
-        def capture(hidden: torch.Tensor) -> None:
-            out.append(self._pool(hidden, mask))
+        def capture(query: torch.Tensor) -> None:
+            out.append(query)
             raise _Stop
 
-        with self._block_hook(capture):
+        with self._block_hook(capture, inputs.get("attention_mask")):
             try:
                 self._forward(inputs, None)
             except _Stop:
@@ -182,12 +184,11 @@ class LateSelectionLNBank(LNBank):
             raise ValueError("The bank has no task yet: add_task() first.")
         self.validate()
         upto = self.num_tasks - 1 if upto is None else self.check_task(upto)
-        mask = inputs.get("attention_mask")
         layers = [layer for name, layer in self.lntune_layers()]
         chosen: list[torch.Tensor] = []
 
-        def route(hidden: torch.Tensor) -> None:
-            self.last_queries = self._pool(hidden, mask)
+        def route(query: torch.Tensor) -> None:
+            self.last_queries = query
             tasks = self.select(self.last_queries, upto).cpu()
             chosen.append(tasks)
             names = [self.adapter_name(int(t)) for t in tasks.tolist()]
@@ -195,7 +196,7 @@ class LateSelectionLNBank(LNBank):
                 layer.set_routing(names)
 
         try:
-            with self._block_hook(route):
+            with self._block_hook(route, inputs.get("attention_mask")):
                 features = self.model(**inputs)
         finally:
             for layer in layers:

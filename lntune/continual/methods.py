@@ -96,9 +96,10 @@ def new_bank(ctx: RunContext, kind: str) -> LNBank:
             selection_layer=cfg.selection_layer,
             seed=cfg.seed,
             shrinkage=cfg.lda_shrinkage,
+            query_layers=cfg.query_layers,
         )
         return bank.to(ctx.device)
-    return build_bank(ctx, LNBank, cfg.key_mode, cfg.router)
+    return build_bank(ctx, LNBank, cfg.key_mode, cfg.router, cfg.query_layers)
 
 
 def run_bank(ctx: RunContext, method: str, kind: str) -> MethodResult:
@@ -136,9 +137,14 @@ def run_bank(ctx: RunContext, method: str, kind: str) -> MethodResult:
         },
     }
     if kind == "two-pass":
-        extras.update(router=bank.router, router_topk=cfg.router_topk)
+        extras.update(router=bank.router, router_topk=cfg.router_topk, query_layers=bank.query_layers)
     if kind == "late":
-        extras.update(router="lda", selection_layer=bank.selection_layer, adapted_norms=len(bank.late_norms))
+        extras.update(
+            router="lda",
+            selection_layer=bank.selection_layer,
+            adapted_norms=len(bank.late_norms),
+            query_layers=bank.query_layers,
+        )
     if kind == "layerwise":
         extras["task_id_source"] = "the last norm's per-layer selection"
     elif cfg.oracle_eval:
@@ -209,7 +215,13 @@ def compare_key_modes(ctx: RunContext) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     encoder = ctx.make_encoder()
     for mode in KEY_MODES:
-        bank = LNBank(copy.deepcopy(encoder), num_classes=stream.split.num_classes, key_mode=mode, seed=cfg.seed)
+        bank = LNBank(
+            copy.deepcopy(encoder),
+            num_classes=stream.split.num_classes,
+            key_mode=mode,
+            seed=cfg.seed,
+            query_layers=cfg.query_layers,
+        )
         bank.to(ctx.device)
         out[mode] = []
         for t in range(stream.num_tasks):

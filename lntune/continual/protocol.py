@@ -84,9 +84,13 @@ def finish_task(ctx: RunContext, method: str, t: int, bank: LNBank, state: dict[
         ctx.after_task(method, t)
 
 
-def build_bank(ctx: RunContext, cls: type[LNBank], key_mode: str = "task", router: str = "keys") -> LNBank:
+def build_bank(
+    ctx: RunContext, cls: type[LNBank], key_mode: str = "task", router: str = "keys", query_layers: int = 1
+) -> LNBank:
     """A fresh bank of `cls` on a new copy of the backbone, sized for the stream's classes, on the run's device."""
-    extra = {"router": router, "shrinkage": ctx.config.lda_shrinkage} if router != "keys" else {}
+    extra: dict[str, Any] = {"router": router, "shrinkage": ctx.config.lda_shrinkage} if router != "keys" else {}
+    if query_layers != 1:
+        extra["query_layers"] = query_layers
     num_classes = ctx.stream.split.num_classes
     bank = cls(ctx.make_encoder(), num_classes=num_classes, key_mode=key_mode, seed=ctx.config.seed, **extra)
     return bank.to(ctx.device)

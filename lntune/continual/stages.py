@@ -128,7 +128,7 @@ def selection_features(bank: LateSelectionLNBank, ctx: RunContext, which: str, r
     """Frozen layer-`L` features of `rows` (several processes share the batches and all get every row)."""
     size = ctx.config.eval_batch_size
     mine = rows[positions(len(rows), size, ctx.rank, ctx.world)]
-    out = [torch.zeros(0, bank.dim, device=ctx.device)]
+    out = [torch.zeros(0, bank.query_dim, device=ctx.device)]
     for _, inputs in make_loader(ctx.stream, which, mine, size, ctx.config.num_workers):
         with ctx.autocast():
             out.append(bank.selection_features(**send_to_device(inputs, ctx.device)).float())
