@@ -356,3 +356,34 @@ def test_search_names_head_settings(tiny_bert: Path, tmp_path: Path) -> None:
         "mean-lr0.01-ep1-biasprior-hw2",
     ):
         assert f"| lntune | {name} |" in markdown
+
+
+def test_sweep_refuses_to_average_seeds_of_different_settings(tiny_bert: Path, tmp_path: Path) -> None:
+    runs_dir = tmp_path / "runs"
+    base = {
+        "model": str(tiny_bert),
+        "task": "rte",
+        "method": "lntune",
+        "eval_accuracy": 0.6,
+        "eval_accuracy_last": 0.6,
+    }
+    base |= {"learning_rate": 1e-2, "epochs": 8, "warmup_ratio": 0.06, "pooling": "mean"}
+    base |= {
+        "per_device_train_batch_size": 32,
+        "train_time_per_epoch_s": 1.0,
+        "trainable_params": 10,
+        "total_params": 99,
+    }
+    for seed, extra in enumerate([{}, {"head_warmup_steps": 0}, {"head_warmup_steps": 100}]):
+        path = runs_dir / "rte" / "lntune" / f"seed{seed}"
+        path.mkdir(parents=True)
+        (path / "all_results.json").write_text(json.dumps(base | {"seed": seed} | extra))
+    argv = ["--tasks", "rte", "--methods", "lntune", "--seeds", "3", "--model", str(tiny_bert), "--name", "tiny"]
+    argv += ["--report_only"]
+    argv += ["--data_dir", str(TINY_DIR), "--runs_dir", str(runs_dir), "--out", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=r"rte/lntune: the runs differ in \{'head_warmup_steps': \['0', '100'\]\}"):
+        sweep.main(argv)
+    # seed 0 (written before the key existed) and seed 1 (0 warm-up steps) are one setting
+    shutil.rmtree(runs_dir / "rte" / "lntune" / "seed2")
+    sweep.main(argv)
+    assert "60.0 ± 0.0 (n=2)" in (tmp_path / "out" / "glue_tiny.md").read_text()

@@ -190,6 +190,30 @@ def _params(n: int) -> str:
     return f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
+# What a run was trained with (as all_results.json records it), and the value runs from before a key existed had
+SETTING_KEYS = {
+    "learning_rate": None,
+    "epochs": None,
+    "warmup_ratio": None,
+    "pooling": "cls",
+    "per_device_train_batch_size": None,
+    "head_bias_init": "zero",
+    "head_warmup_steps": 0,
+}
+
+
+def check_one_setting(runs: list[dict[str, Any]], method: str, task: str) -> None:
+    """Refuse to average seeds trained with different settings (e.g. runs left from before a default changed)."""
+    seen = {tuple(r.get(k, default) for k, default in SETTING_KEYS.items()) for r in runs}
+    if len(seen) > 1:
+        differ = [k for i, k in enumerate(SETTING_KEYS) if len({s[i] for s in seen}) > 1]
+        values = {k: sorted({str(r.get(k, SETTING_KEYS[k])) for r in runs}) for k in differ}
+        raise ValueError(
+            f"{task}/{method}: the runs differ in {values}; one cell averages seeds of one setting. Delete the stale "
+            "runs (or use a separate --runs_dir) and rerun them."
+        )
+
+
 def summarize(runs: list[dict[str, Any]], tasks: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
     """Per method: per-task lists of the primary metric (best and last epoch), params, time per epoch."""
     out: dict[str, dict[str, Any]] = {}
@@ -198,6 +222,7 @@ def summarize(runs: list[dict[str, Any]], tasks: list[str], methods: list[str]) 
         for task in tasks:
             key = run_glue.PRIMARY_METRIC[task]
             mine = [r for r in runs if r.get("method") == method and r.get("task") == task and "error" not in r]
+            check_one_setting(mine, method, task)
             cell["best"][task] = [r.get(f"eval_{key}") for r in mine]
             cell["last"][task] = [r.get(f"eval_{key}_last") for r in mine]
             cell["time"][task] = [r["train_time_per_epoch_s"] for r in mine]
