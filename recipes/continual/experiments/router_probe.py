@@ -44,6 +44,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -70,12 +71,19 @@ RIDGES = 10.0 ** np.arange(-8, 9)
 
 # ---------------------------------------------------------------------------------------------------------- features
 @torch.no_grad()
-def extract(config: str, seed: int, batch_size: int = 50) -> dict[str, Any]:
-    """Frozen features of every train/test row of the recipe's stream for (config, seed), cached as .pt."""
-    path = CACHE / f"{config}_s{seed}.pt"
+def extract(config: str, seed: int, batch_size: int = 50, max_train_per_class: int | None = None) -> dict[str, Any]:
+    """Frozen features of every train/test row of the recipe's stream for (config, seed), cached as .pt.
+
+    ``max_train_per_class`` overrides the config's (the recipe's ``--max_train_per_class``; the test subsample does
+    not depend on it); None keeps the config's value and the original cache name."""
+    budget = "" if max_train_per_class is None else f"_n{max_train_per_class}"
+    path = CACHE / f"{config}_s{seed}{budget}.pt"
     if path.is_file():
         return torch.load(path)
-    args = recipe.parse_args(["--config", config, "--seed", str(seed)])
+    argv = ["--config", config, "--seed", str(seed)]
+    if max_train_per_class is not None:
+        argv += ["--max_train_per_class", str(max_train_per_class)]
+    args = recipe.parse_args(argv)
     base, info = recipe.load_backbone(args.model, args.modality)
     encoder = as_encoder(base, pooling=args.pooling).requires_grad_(False).eval()
     stream = recipe.load_stream(args, info)
@@ -114,7 +122,9 @@ def extract(config: str, seed: int, batch_size: int = 50) -> dict[str, Any]:
                 }
                 assert torch.allclose(feats["mean_layers"][:, -1], query, atol=1e-5)
             for k, v in feats.items():
-                parts.setdefault(k, []).append(v.float())
+                # clone: a slice such as hs[:, :, 0] would keep the batch's whole hidden-state tensor alive (about
+                # 2 MB per ViT-Ti image: CIFAR-10 at 1,000 images per class ran out of 24 GB without it)
+                parts.setdefault(k, []).append(v.float().clone())
         out[which] = {k: torch.cat(v) for k, v in parts.items()}
         out[f"{which}_labels"] = torch.from_numpy(stream.labels(which))
         out[f"{which}_tasks"] = torch.from_numpy(stream.task_of(which))
@@ -353,7 +363,9 @@ def cell(values: list[float]) -> str:
 def tables(results: dict[str, Any], seeds: list[int]) -> str:
     lines = []
     for config, by_feat in results.items():
-        lines += [f"### {config} ({len(seeds)} seeds: {seeds})", ""]
+        have = {int(k) for by_clf in by_feat.values() for runs in by_clf.values() for k in runs}
+        shown = [s for s in seeds if s in have]
+        lines += [f"### {config} ({len(shown)} seed{'s' if len(shown) > 1 else ''}: {shown})", ""]
         lines += [
             "| features | dim | classifier | final avg acc | task-id acc (final) | avg inc acc | per seed (final acc) |"
         ]
@@ -379,6 +391,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--features", nargs="*", help="Feature sets to evaluate (default: all of the config's).")
     p.add_argument("--classifiers", nargs="*", help="Classifiers to evaluate (default: all).")
     p.add_argument("--max_pc_dim", type=int, default=400, help="Per-class covariance methods only up to this dim.")
+    p.add_argument(
+        "--max_train_per_class",
+        nargs="*",
+        type=int,
+        help="Training budgets per class to probe (the recipe's --max_train_per_class; default: the config's). Each "
+        "non-default budget N is reported as '<config> @ N/class' and cached separately.",
+    )
+    p.add_argument("--title", default="Router probe: sample-free classifiers on frozen features (issue 12)")
     p.add_argument("--out", default=str(REPO / "results" / "continual" / "router_probe"))
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -386,9 +406,11 @@ def main(argv: list[str] | None = None) -> None:
     saved = json.loads(out_json.read_text()) if out_json.is_file() else {}
     results: dict[str, Any] = saved.get("results", {})
     factories = classifiers(a.max_pc_dim)
-    for config in a.configs:
+    budgets = a.max_train_per_class or [None]
+    for config, budget in [(c, b) for c in a.configs for b in budgets]:
+        key = config if budget is None else f"{config} @ {budget}/class"
         for seed in a.seeds:
-            data = extract(config, seed)
+            data = extract(config, seed, max_train_per_class=budget)
             for feat, fn in feature_sets(data).items():
                 if a.features and feat not in a.features:
                     continue
@@ -398,9 +420,9 @@ def main(argv: list[str] | None = None) -> None:
                     r = run_one(data, fn, factory, seed)
                     if r is None:
                         continue
-                    results.setdefault(config, {}).setdefault(feat, {}).setdefault(name, {})[str(seed)] = r
+                    results.setdefault(key, {}).setdefault(feat, {}).setdefault(name, {})[str(seed)] = r
                     print(
-                        f"{config} s{seed} {feat:>16} {name:>10}: acc {100 * r['final_avg_acc']:.1f} "
+                        f"{key} s{seed} {feat:>16} {name:>10}: acc {100 * r['final_avg_acc']:.1f} "
                         f"task-id {100 * r['task_id']:.1f} ({r['seconds']}s){' lam ' + str(r['lambdas']) if 'lambdas' in r else ''}",
                         flush=True,
                     )
@@ -410,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def write(out_json: Path, results: dict[str, Any], a: argparse.Namespace) -> None:
     seeds = sorted({int(s) for c in results.values() for f in c.values() for r in f.values() for s in r})
-    command = "OMP_NUM_THREADS=1 python recipes/continual/experiments/router_probe.py " + " ".join(sys.argv[1:])
+    command = "OMP_NUM_THREADS=1 python recipes/continual/experiments/router_probe.py " + shlex.join(sys.argv[1:])
     machine = {
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -423,7 +445,7 @@ def write(out_json: Path, results: dict[str, Any], a: argparse.Namespace) -> Non
     commands = previous + ([command] if command not in previous else [])
     out_json.write_text(json.dumps({"commands": commands, "machine": machine, "results": results}, indent=1))
     md = [
-        "# Router probe: sample-free classifiers on frozen features (issue 12)",
+        f"# {a.title}",
         "",
         "Commands (each adds its rows to the .json; `recipes/continual/experiments/router_probe.py`, see its docstring",
         "for every method):",
