@@ -321,8 +321,14 @@ def classifiers(max_pc_dim: int) -> dict[str, Callable[..., Any]]:
 
 
 # ---------------------------------------------------------------------------------------------------------- evaluation
-def run_one(data: dict[str, Any], feats: Callable, factory: Callable, seed: int) -> dict[str, Any] | None:
-    """Class-incremental evaluation of one classifier on one feature set; None if the factory declines."""
+def run_one(
+    data: dict[str, Any], feats: Callable, factory: Callable, seed: int, oracle_task: bool = False
+) -> dict[str, Any] | None:
+    """Class-incremental evaluation of one classifier on one feature set; None if the factory declines.
+
+    ``oracle_task``: also report ``final_avg_acc_oracle_task``: after the last task, each test sample's prediction is
+    the argmax of the classifier's scores restricted to the classes of its TRUE task (oracle routing), averaged per
+    task and then over tasks (the same task mean as ``final_avg_acc``)."""
     xtr = feats(data["train"]).to(torch.float64)
     xte = feats(data["test"]).to(torch.float64)
     ytr, yte = data["train_labels"].long(), data["test_labels"].long()
@@ -352,6 +358,16 @@ def run_one(data: dict[str, Any], feats: Callable, factory: Callable, seed: int)
     )
     if isinstance(clf, Ridge):
         out["lambdas"] = clf.lambdas
+    if oracle_task:
+        # after the loop: `scores`, `classes`, `test_rows` are the last task's (all test rows)
+        task_of_label = {int(c): t for t, cs in enumerate(data["task_classes"]) for c in cs}
+        class_task = torch.tensor([task_of_label[int(c)] for c in classes])
+        true_task = torch.from_numpy(tte[test_rows]).long()
+        masked = scores.masked_fill(class_task[None, :] != true_task[:, None], float("-inf"))
+        correct = classes[masked.argmax(-1)].numpy() == yte.numpy()[test_rows]
+        per_task = [float(correct[tte[test_rows] == t].mean()) for t in range(len(data["task_classes"]))]
+        out["final_avg_acc_oracle_task"] = float(np.mean(per_task))
+        out["final_acc_oracle_task_per_task"] = per_task
     return out
 
 
@@ -398,13 +414,20 @@ def main(argv: list[str] | None = None) -> None:
         help="Training budgets per class to probe (the recipe's --max_train_per_class; default: the config's). Each "
         "non-default budget N is reported as '<config> @ N/class' and cached separately.",
     )
+    p.add_argument(
+        "--oracle_task",
+        metavar="OUT",
+        help="Also compute each classifier's oracle-task final accuracy (scores restricted to the true task's "
+        "classes) and write only a comparison with the recipe's metrics.json (OUT.md / OUT.json; router_probe.json "
+        "is left alone).",
+    )
     p.add_argument("--title", default="Router probe: sample-free classifiers on frozen features (issue 12)")
     p.add_argument("--out", default=str(REPO / "results" / "continual" / "router_probe"))
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     out_json = Path(a.out + ".json")
     saved = json.loads(out_json.read_text()) if out_json.is_file() else {}
-    results: dict[str, Any] = saved.get("results", {})
+    results: dict[str, Any] = {} if a.oracle_task else saved.get("results", {})
     factories = classifiers(a.max_pc_dim)
     budgets = a.max_train_per_class or [None]
     for config, budget in [(c, b) for c in a.configs for b in budgets]:
@@ -417,17 +440,118 @@ def main(argv: list[str] | None = None) -> None:
                 for name, factory in factories.items():
                     if a.classifiers and name not in a.classifiers:
                         continue
-                    r = run_one(data, fn, factory, seed)
+                    r = run_one(data, fn, factory, seed, oracle_task=bool(a.oracle_task))
                     if r is None:
                         continue
                     results.setdefault(key, {}).setdefault(feat, {}).setdefault(name, {})[str(seed)] = r
                     print(
                         f"{key} s{seed} {feat:>16} {name:>10}: acc {100 * r['final_avg_acc']:.1f} "
-                        f"task-id {100 * r['task_id']:.1f} ({r['seconds']}s){' lam ' + str(r['lambdas']) if 'lambdas' in r else ''}",
+                        f"task-id {100 * r['task_id']:.1f}"
+                        f"{' oracle-task %.1f' % (100 * r['final_avg_acc_oracle_task']) if a.oracle_task else ''} "
+                        f"({r['seconds']}s){' lam ' + str(r['lambdas']) if 'lambdas' in r else ''}",
                         flush=True,
                     )
-            write(out_json, results, a)
-    write(out_json, results, a)
+            if not a.oracle_task:
+                write(out_json, results, a)
+    if a.oracle_task:
+        write_oracle(Path(a.oracle_task), results)
+    else:
+        write(out_json, results, a)
+
+
+# recipe run directories (results/continual/<dir>_s<seed>/metrics.json) to compare with, per config
+RECIPE_RUNS = {
+    "cifar10_vit_tiny_5tasks": [("cifar10", "cls")],
+    "clinc150_minilm_10tasks": [("clinc150", "mean"), ("clinc150_q3", "mean@4-6")],
+}
+
+
+def write_oracle(out: Path, results: dict[str, Any]) -> None:
+    """Probe LDA / NMC (routed and oracle-task) next to the recipe's LN bank and LDA from metrics.json."""
+    rows = []
+    for config, by_feat in results.items():
+        for run_dir, feat in RECIPE_RUNS.get(config, []):
+            if feat not in by_feat:
+                continue
+            for seed in sorted({int(s) for r in by_feat[feat].values() for s in r}):
+                row: dict[str, Any] = {"config": config, "features": feat, "run": f"{run_dir}_s{seed}", "seed": seed}
+                for name, runs in by_feat[feat].items():
+                    r = runs.get(str(seed))
+                    if r is not None:
+                        row[f"{name}_routed"] = r["final_avg_acc"]
+                        row[f"{name}_oracle_task"] = r["final_avg_acc_oracle_task"]
+                        row[f"{name}_task_id"] = r["task_id"]
+                path = REPO / "results" / "continual" / f"{run_dir}_s{seed}" / "metrics.json"
+                if path.is_file():
+                    m = json.loads(path.read_text())["methods"]
+                    row["bank_oracle_task"] = m["ln-bank"].get("final_acc_oracle_task")
+                    row["bank_routed"] = m["ln-bank"]["final_avg_acc"]
+                    row["recipe_lda_routed"] = m["lda"]["final_avg_acc"]
+                rows.append(row)
+    command = "OMP_NUM_THREADS=1 python recipes/continual/experiments/router_probe.py " + shlex.join(sys.argv[1:])
+    machine = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(str(out) + ".json").write_text(json.dumps({"command": command, "machine": machine, "rows": rows}, indent=1))
+
+    def pct(v: Any) -> str:
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    cols = [
+        ("lda_routed", "LDA routed (probe)"),
+        ("recipe_lda_routed", "LDA routed (recipe metrics.json)"),
+        ("lda_oracle_task", "LDA oracle-task"),
+        ("nmc_routed", "NMC routed"),
+        ("nmc_oracle_task", "NMC oracle-task"),
+        ("bank_routed", "bank routed"),
+        ("bank_oracle_task", "bank oracle-task"),
+    ]
+    md = [
+        "# Training-free LDA with the true task (oracle routing) vs the LN bank's oracle-task accuracy",
+        "",
+        "Final average accuracy (mean over tasks of per-task accuracy after the last task, %). *Oracle-task*: the",
+        "prediction is the argmax of the classifier's scores restricted to the classes of the sample's true task.",
+        "LDA / NMC: `router_probe.py` on the cached frozen features (`results/tmp/router_probe/`, default budgets, no",
+        "new extraction), the recipe's query features (`cls` for CIFAR-10, `mean` for CLINC150) and, for the",
+        "3-layer-query run (`clinc150_q3`), `mean@4-6` (masked means of layers 4, 5, 6). Bank and recipe-LDA columns:",
+        "`results/continual/<run>/metrics.json` (`methods.ln-bank.final_acc_oracle_task`, `.final_avg_acc`,",
+        "`methods.lda.final_avg_acc`).",
+        "",
+        "Command:",
+        "",
+        f"    {command}",
+        "",
+        f"Machine: {machine}.",
+        "",
+        "| config | run | features | seed | " + " | ".join(c[1] for c in cols) + " |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in cols) + " |",
+    ]
+    for row in rows:
+        md.append(
+            f"| {row['config']} | {row['run']} | {row['features']} | {row['seed']} | "
+            + " | ".join(pct(row.get(c[0])) for c in cols)
+            + " |"
+        )
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["config"], row["run"].rsplit("_s", 1)[0]), []).append(row)
+    md += ["", "Mean ± sample std over seeds:", ""]
+    md.append("| config | run | " + " | ".join(c[1] for c in cols) + " |")
+    md.append("| --- | --- | " + " | ".join("---" for _ in cols) + " |")
+    for (config, run_dir), g in groups.items():
+        vals = [[r.get(c[0]) for r in g] for c in cols]
+        md.append(
+            f"| {config} | {run_dir} | "
+            + " | ".join(cell(v) if all(x is not None for x in v) else "–" for v in vals)
+            + " |"
+        )
+    Path(str(out) + ".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
 
 
 def write(out_json: Path, results: dict[str, Any], a: argparse.Namespace) -> None:
