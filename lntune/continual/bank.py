@@ -329,10 +329,11 @@ class LNBank(BankState, nn.Module):
             return self.model(**inputs)
         return self.model(**inputs, adapter_names=adapter_names)
 
-    def query(self, **inputs: torch.Tensor) -> torch.Tensor:
+    def query(self, adapter_names: Optional[list[str]] = None, **inputs: torch.Tensor) -> torch.Tensor:
         """The frozen backbone's pooled feature (every row routed to the base model, i.e. adapters disabled); with
-        `query_layers = k > 1`, the pooled inputs of the last `k - 1` blocks and that feature, concatenated."""
-        names = [BASE_ADAPTER] * self.encoder.batch_size(inputs)
+        `query_layers = k > 1`, the pooled inputs of the last `k - 1` blocks and that feature, concatenated.
+        `adapter_names` (one per row) computes the same query with those adapters instead (for analyses)."""
+        names = adapter_names or [BASE_ADAPTER] * self.encoder.batch_size(inputs)
         if self.query_layers == 1:
             with torch.no_grad():
                 return self._forward(inputs, names).float()

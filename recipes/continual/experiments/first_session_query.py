@@ -49,7 +49,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapted_task_scores import recipe  # noqa: E402  (the recipe's run.py, imported there)
 
 from lntune.continual import as_encoder, latest_checkpoint, load_bank  # noqa: E402
-from lntune.continual.backbone import pool_tokens  # noqa: E402
 from lntune.continual.checkpoint import load_checkpoint  # noqa: E402
 from lntune.continual.router import ClassStatistics  # noqa: E402
 from lntune.continual.stream import make_loader  # noqa: E402
@@ -68,19 +67,8 @@ def multi_query(bank, names: list[str], inputs: dict) -> tuple[torch.Tensor, tor
     k = len(names)
     rep = {key: v.repeat_interleave(k, 0) for key, v in inputs.items()}
     n = len(next(iter(inputs.values())))
-    mask, pooled = rep.get("attention_mask"), []
-
-    def capture(module, args, kwargs):
-        pooled.append(pool_tokens(bank.encoder, args[0] if args else kwargs["hidden_states"], mask))
-
-    blocks = bank._query_blocks if bank.query_layers > 1 else []
-    handles = [b.register_forward_pre_hook(capture, with_kwargs=True) for b in blocks]
-    try:
-        final = bank.model(**rep, adapter_names=names * n).float()
-    finally:
-        for h in handles:
-            h.remove()
-    q = torch.cat([*pooled, final], -1)
+    q = bank.query(adapter_names=names * n, **rep)
+    final = q[:, -q.shape[-1] // bank.query_layers :]  # every pooled part has the hidden size
     return q.view(n, k, -1), final.view(n, k, -1)
 
 
