@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from peft import PeftModel
+from peft import PeftModel, get_peft_model
 
-import lntune  # noqa: F401  (registers the method so PeftModel.from_pretrained can read lntune adapters)
+import lntune  # registers the method so PeftModel.from_pretrained can read lntune adapters
+import lntune.fisher
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_DIR = ROOT / "recipes" / "glue"
@@ -387,3 +388,42 @@ def test_sweep_refuses_to_average_seeds_of_different_settings(tiny_bert: Path, t
     shutil.rmtree(runs_dir / "rte" / "lntune" / "seed2")
     sweep.main(argv)
     assert "60.0 ± 0.0 (n=2)" in (tmp_path / "out" / "glue_tiny.md").read_text()
+
+
+def test_head_learning_rate_gets_its_own_optimizer_groups(tiny_bert: Path) -> None:
+    model, _ = run_glue.load_model(str(tiny_bert), "rte", seed=0, pooling="mean")
+    model = get_peft_model(model, lntune.LNTuneConfig(task_type="SEQ_CLS"))
+    head = {id(p) for p in lntune.fisher.head_parameters(model) if p.requires_grad}
+    assert len(head) == 2  # the trainable copy of classifier.weight and .bias, not the frozen original
+    groups = run_glue.optimizer_groups(model, weight_decay=0.01, head_learning_rate=1e-3)
+    in_groups = [id(p) for g in groups for p in g["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(in_groups) == sorted(trainable)  # every trainable tensor exactly once
+    for group in groups:
+        ids = {id(p) for p in group["params"]}
+        if "lr" in group:
+            assert ids <= head and group["lr"] == 1e-3
+        else:
+            assert not ids & head
+    # without it: the two structural groups, head included, at the optimizer's rate
+    plain = run_glue.optimizer_groups(model, weight_decay=0.01)
+    assert len(plain) == 2 and all("lr" not in g for g in plain)
+    # a model with no trainable head says so
+    frozen = tf.BertModel(tf.BertConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2))
+    with pytest.raises(ValueError, match="no trainable task-head parameters"):
+        run_glue.optimizer_groups(frozen, weight_decay=0.0, head_learning_rate=1e-3)
+
+
+def test_head_learning_rate_is_recorded_and_searched(tiny_bert: Path, tmp_path: Path, capsys) -> None:
+    results = run_glue.main(_argv(tiny_bert, "rte", "lntune", None, "--head_learning_rate", "1e-3"))
+    assert results["head_learning_rate"] == 1e-3
+    assert run_glue.main(_argv(tiny_bert, "rte", "lntune", None))["head_learning_rate"] is None
+    with pytest.raises(SystemExit):
+        run_glue.main(_argv(tiny_bert, "rte", "lntune", None, "--head_learning_rate", "0"))
+    assert "--head_learning_rate must be > 0" in capsys.readouterr().err
+    argv = ["--tasks", "rte", "--methods", "lntune", "--epochs", "lntune=1", "--pooling", "mean"]
+    argv += ["--head_learning_rate", "1e-3", "--model", str(tiny_bert), "--name", "tiny"]
+    argv += ["--data_dir", str(TINY_DIR), "--max_train_samples", "4", "--validation_split_percentage", "50"]
+    argv += ["--out", str(tmp_path)]
+    assert search.main(argv) == 0
+    assert "| lntune | mean-lr0.01-ep1-hlr0.001 |" in (tmp_path / "glue_search_tiny.md").read_text()

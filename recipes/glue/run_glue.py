@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
 from lntune.assets import minilm_dir_or_none
-from lntune.fisher import warm_up_head
+from lntune.fisher import head_parameters, warm_up_head
 from lntune.glue import TASKS, glue_metric, load_glue, load_glue_from_hub
 from lntune.heads import init_head_bias
 from lntune.io import write_json
@@ -115,6 +115,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per_device_eval_batch_size", type=int, default=64, help="Eval batch size per device.")
     parser.add_argument(
         "--learning_rate", type=float, default=None, help="Peak learning rate; default: the method's registry value."
+    )
+    parser.add_argument(
+        "--head_learning_rate",
+        type=float,
+        default=None,
+        help="Peak learning rate of the task head's parameters (and of --head_warmup_steps); default: --learning_rate.",
     )
     parser.add_argument("--weight_decay", type=float, default=0.0, help="Weight decay on matrices (dim >= 2) only.")
     parser.add_argument(
@@ -203,6 +209,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio}")
     if args.fisher_warmup_steps < 0:
         parser.error(f"--fisher_warmup_steps must be >= 0, got {args.fisher_warmup_steps}")
+    if args.head_learning_rate is not None and not args.head_learning_rate > 0:
+        parser.error(f"--head_learning_rate must be > 0, got {args.head_learning_rate}")
     if args.head_warmup_steps < 0:
         parser.error(f"--head_warmup_steps must be >= 0, got {args.head_warmup_steps}")
     if not 0.0 < args.fisher_fraction <= 1.0:
@@ -241,16 +249,32 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups by a structural rule (nanoGPT's): decay matrices (dim >= 2), never vectors (biases, norms)."""
+def optimizer_groups(
+    model: nn.Module, weight_decay: float, head_learning_rate: float | None = None
+) -> list[dict[str, Any]]:
+    """AdamW groups by a structural rule (nanoGPT's): decay matrices (dim >= 2), never vectors (biases, norms).
+
+    With ``head_learning_rate`` the task head's parameters (``lntune.fisher.head_parameters``) get their own groups at
+    that peak rate; the scheduler scales every group's rate by the same factor.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    logger.info(
-        f"optimizer groups: {len(decay)} tensors / {sum(p.numel() for p in decay):,} params with weight decay "
-        f"{weight_decay}, {len(no_decay)} tensors / {sum(p.numel() for p in no_decay):,} params without"
-    )
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    head = {id(p) for p in head_parameters(model) if p.requires_grad} if head_learning_rate is not None else set()
+    if head_learning_rate is not None and not head:
+        raise ValueError("head_learning_rate: the model has no trainable task-head parameters to give it to")
+    groups = []
+    for in_head in (False, True):
+        mine = [p for p in params if (id(p) in head) == in_head]
+        extra = {"lr": head_learning_rate} if in_head else {}
+        for decays in (True, False):
+            chosen = [p for p in mine if (p.dim() >= 2) == decays]
+            if chosen or not in_head:  # the two body groups always exist (the head groups only when split off)
+                groups.append({"params": chosen, "weight_decay": weight_decay if decays else 0.0, **extra})
+    for group in groups:
+        logger.info(
+            f"optimizer group: {len(group['params'])} tensors / {sum(p.numel() for p in group['params']):,} params, "
+            f"weight decay {group['weight_decay']}" + (f", lr {group['lr']:g}" if "lr" in group else "")
+        )
+    return groups
 
 
 def evaluate(
@@ -370,7 +394,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         model.to(accelerator.device)
         info["head_warmup"] = warm_up_head(
-            model, warm_loader, steps=args.head_warmup_steps, learning_rate=args.learning_rate
+            model,
+            warm_loader,
+            steps=args.head_warmup_steps,
+            learning_rate=args.head_learning_rate or args.learning_rate,
         )
         logger.info(f"head warm-up: {info['head_warmup']}")
 
@@ -384,7 +411,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
 
     # Optimizer, then prepare everything; the scheduler is sized from the prepared (sharded) train loader
-    optimizer = torch.optim.AdamW(optimizer_groups(model, args.weight_decay), lr=args.learning_rate)
+    groups = optimizer_groups(model, args.weight_decay, args.head_learning_rate)
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     max_train_steps = args.num_train_epochs * updates_per_epoch
@@ -458,6 +486,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pooling=args.pooling,
         head_bias_init=args.head_bias_init,
         head_warmup_steps=args.head_warmup_steps,
+        head_learning_rate=args.head_learning_rate,
         evaluated_on="train_split" if args.validation_split_percentage is not None else "dev",
         validation_split_percentage=args.validation_split_percentage,
         per_device_train_batch_size=args.per_device_train_batch_size,

@@ -66,6 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--head_warmup_steps", nargs="+", type=int, default=[0], help="run_glue's head-only warm-up, per setting."
     )
+    parser.add_argument(
+        "--head_learning_rate",
+        nargs="+",
+        type=float,
+        default=[],
+        help="run_glue's head learning rate, per setting (default: the method's learning rate).",
+    )
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--model", type=str, default=run_glue.default_model())
     parser.add_argument("--name", type=str, default=None)
@@ -90,39 +97,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--epochs {method}={value}: must be >= 1")
     if any(steps < 0 for steps in args.head_warmup_steps):
         parser.error(f"--head_warmup_steps must be >= 0, got {args.head_warmup_steps}")
+    if any(not lr > 0 for lr in args.head_learning_rate):
+        parser.error(f"--head_learning_rate must be > 0, got {args.head_learning_rate}")
     args.name = args.name or sweep.model_name(args.model)
     args.runs_dir = Path(args.runs_dir) if args.runs_dir else Path(args.out) / "tmp" / f"glue_search_{args.name}"
     return args
 
 
-Setting = tuple[str, float, int, str, int]  # pooling, learning rate, epochs, head bias init, head warm-up steps
+# pooling, learning rate, epochs, head bias init, head warm-up steps, head learning rate (None: the learning rate)
+Setting = tuple[str, float, int, str, int, float | None]
 
 
 def settings(args: argparse.Namespace, method: str) -> list[Setting]:
-    """(pooling, learning rate, epochs, head bias init, head warm-up steps) of every run of `method` in the grid."""
+    """(pooling, learning rate, epochs, head bias init, head warm-up steps, head learning rate) of every run of
+    `method` in the grid."""
     lrs = args.grid_lrs.get(method) or [run_glue.METHODS[method].learning_rate]
     epochs = args.grid_epochs.get(method, run_glue.METHODS[method].num_train_epochs)
     return [
-        (pooling, lr, epochs, bias, warmup)
+        (pooling, lr, epochs, bias, warmup, head_lr)
         for pooling in args.pooling
         for lr in lrs
         for bias in args.head_bias_init
         for warmup in args.head_warmup_steps
+        for head_lr in args.head_learning_rate or [None]
     ]
 
 
-def setting_name(pooling: str, lr: float, epochs: int, bias: str = "zero", warmup: int = 0) -> str:
+def setting_name(
+    pooling: str, lr: float, epochs: int, bias: str = "zero", warmup: int = 0, head_lr: float | None = None
+) -> str:
     """Folder name of a setting; the head options appear only when they differ from run_glue's defaults."""
     name = f"{pooling}-lr{lr:g}-ep{epochs}"
     if bias != "zero":
         name += f"-bias{bias}"
     if warmup:
         name += f"-hw{warmup}"
+    if head_lr is not None:
+        name += f"-hlr{head_lr:g}"
     return name
 
 
 def run_one(args: argparse.Namespace, task: str, method: str, setting: Setting, seed: int, out: Path):
-    pooling, lr, epochs, bias, warmup = setting
+    pooling, lr, epochs, bias, warmup, head_lr = setting
     argv = [
         "--task",
         task,
@@ -141,6 +157,8 @@ def run_one(args: argparse.Namespace, task: str, method: str, setting: Setting, 
     argv += ["--max_seq_length", str(args.max_seq_length)]
     argv += ["--per_device_train_batch_size", str(args.per_device_train_batch_size)]
     argv += ["--head_bias_init", bias, "--head_warmup_steps", str(warmup)]
+    if head_lr is not None:
+        argv += ["--head_learning_rate", str(head_lr)]
     return run_glue.main(argv)
 
 

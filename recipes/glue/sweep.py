@@ -199,6 +199,7 @@ SETTING_KEYS = {
     "per_device_train_batch_size": None,
     "head_bias_init": "zero",
     "head_warmup_steps": 0,
+    "head_learning_rate": None,
 }
 
 
