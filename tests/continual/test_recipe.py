@@ -86,3 +86,18 @@ def test_shipped_configs_parse(recipe):
     for path in sorted((RECIPE_SCRIPT.parent / "configs").glob("*.json")):
         args = recipe.parse_args(["--config", path.stem])
         assert args.tasks >= 2 and args.modality in ("image", "text"), path.name
+        config = recipe.continual_config(args)  # validates the combination (e.g. lda+head needs the LDA router)
+        assert (config.router, config.prediction) == ("lda", "lda+head"), path.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["cifar100_vit_base_10tasks", "imagenet_r_vit_base_10tasks"])
+def test_gpu_configs_run_as_shipped_with_a_tiny_model(recipe, tiny_vit, tmp_path, config):
+    """The GPU configs' own settings (task keys, lr scaled by batch/256, LDA router, head x LDA) on a tiny run."""
+    argv = recipe_argv(tiny_vit, tmp_path / "out", "--config", config, "--method", "lda,ln-bank")
+    argv += ["--compare_key_modes", "0", "--eval_batch_size", "8", "--num_workers", "0"]
+    metrics = recipe.main(argv)
+    bank = metrics["methods"]["ln-bank"]
+    assert (bank["router"], metrics["config"]["continual"]["prediction"]) == ("lda", "lda+head")
+    assert metrics["config"]["key_mode"] == "task" and metrics["config"]["lr_reference_batch"] == 256
+    assert len(bank["acc_matrix"]) == 2 and bank["task_id_acc"][0] == 1.0
