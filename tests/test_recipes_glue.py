@@ -350,13 +350,9 @@ def test_search_names_head_settings(tiny_bert: Path, tmp_path: Path) -> None:
     argv += ["--validation_split_percentage", "50", "--out", str(tmp_path)]
     assert search.main(argv) == 0
     markdown = (tmp_path / "glue_search_tiny.md").read_text()
-    for name in (
-        "mean-lr0.01-ep1",
-        "mean-lr0.01-ep1-biasprior",
-        "mean-lr0.01-ep1-hw2",
-        "mean-lr0.01-ep1-biasprior-hw2",
-    ):
-        assert f"| lntune | {name} |" in markdown
+    base = f"mean-lr{run_glue.METHODS['lntune'].learning_rate:g}-ep1"  # the method's default rate
+    for suffix in ("", "-biasprior", "-hw2", "-biasprior-hw2"):
+        assert f"| lntune | {base}{suffix} |" in markdown
 
 
 def test_sweep_refuses_to_average_seeds_of_different_settings(tiny_bert: Path, tmp_path: Path) -> None:
@@ -426,4 +422,5 @@ def test_head_learning_rate_is_recorded_and_searched(tiny_bert: Path, tmp_path: 
     argv += ["--data_dir", str(TINY_DIR), "--max_train_samples", "4", "--validation_split_percentage", "50"]
     argv += ["--out", str(tmp_path)]
     assert search.main(argv) == 0
-    assert "| lntune | mean-lr0.01-ep1-hlr0.001 |" in (tmp_path / "glue_search_tiny.md").read_text()
+    base = f"mean-lr{run_glue.METHODS['lntune'].learning_rate:g}-ep1"
+    assert f"| lntune | {base}-hlr0.001 |" in (tmp_path / "glue_search_tiny.md").read_text()
