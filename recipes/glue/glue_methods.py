@@ -135,18 +135,20 @@ class Method:
     warmup_ratio: float = 0.06
 
 
-# Defaults (see recipes/glue/README.md, "Defaults"). lntune and full fine-tuning: the best mean held-out score of
-# `search.py` on SST-2 and MRPC training data (results/glue_search_minilm.md): lntune lr 1e-2 for 8 epochs (of 2e-3,
-# 5e-3, 1e-2), full fine-tuning lr 5e-5 for 4 epochs (of 2e-5, 5e-5, 1e-4). The other LN methods take lntune's values
-# (same parameters, fewer of them; not searched separately yet). BitFit and LoRA keep the literature values until
-# the search covers them: 1e-3 for BitFit (its paper searched 1e-4..1e-3), 5e-4 for LoRA (the LoRA paper's
-# RoBERTa-base GLUE range is 4e-4..5e-4), 3 epochs.
+# Defaults (see recipes/glue/README.md, "Defaults"). Full fine-tuning: lr 5e-5 for 4 epochs, the best mean held-out
+# score of `search.py` on SST-2 and MRPC training data (results/glue_search_minilm.md; of 2e-5, 5e-5, 1e-4). lntune: lr
+# 3e-3 for 8 epochs, the best mean held-out score on CoLA, SST-2, MRPC and STS-B at 4,000 examples
+# (results/glue_search_minilm_4k.md; 3e-3 vs 1e-2 tie on the mean, 67.3 vs 67.2, and at 1e-2 the norms stall on CoLA
+# for four epochs: 14.8 MCC vs 17.2, full fine-tuning 18.2). The other LN methods take lntune's values (same
+# parameters, fewer of them; not searched separately yet). BitFit and LoRA keep the literature values until the search
+# covers them: 1e-3 for BitFit (its paper searched 1e-4..1e-3), 5e-4 for LoRA (the LoRA paper's RoBERTa-base GLUE
+# range is 4e-4..5e-4), 3 epochs.
 METHODS: dict[str, Method] = {
-    "lntune": Method(build_lntune, 1e-2, True, num_train_epochs=8),
-    "lntune-output": Method(build_lntune_output, 1e-2, True, num_train_epochs=8),
-    "lntune-fisher": Method(build_lntune_fisher, 1e-2, True, num_train_epochs=8),
+    "lntune": Method(build_lntune, 3e-3, True, num_train_epochs=8),
+    "lntune-output": Method(build_lntune_output, 3e-3, True, num_train_epochs=8),
+    "lntune-fisher": Method(build_lntune_fisher, 3e-3, True, num_train_epochs=8),
     "full": Method(build_full, 5e-5, False, num_train_epochs=4),
     "bitfit": Method(build_bitfit, 1e-3, False),
     "lora": Method(build_lora, 5e-4, True),
-    "peft-ln": Method(build_peft_ln, 1e-2, True, num_train_epochs=8),
+    "peft-ln": Method(build_peft_ln, 3e-3, True, num_train_epochs=8),
 }
