@@ -18,7 +18,15 @@ from .bank import KEY_MODES, BankOutput, LNBank
 from .checkpoint import latest_checkpoint, load_bank, save_bank
 from .config import ContinualConfig
 from .context import RunContext
-from .data import ImageSource, TextSource, load_clinc150, load_image_folder, subsample_per_class, vit_transform
+from .data import (
+    ImageSource,
+    TextSource,
+    holdout_per_class,
+    load_clinc150,
+    load_image_folder,
+    subsample_per_class,
+    vit_transform,
+)
 from .late_select import LateSelectionLNBank
 from .methods import METHODS, compare_key_modes, run_methods
 from .metrics import accuracy_matrix_from_predictions, summarize, task_id_accuracy
@@ -46,6 +54,7 @@ __all__ = [
     "accuracy_matrix_from_predictions",
     "as_encoder",
     "compare_key_modes",
+    "holdout_per_class",
     "image_stream",
     "latest_checkpoint",
     "load_bank",

@@ -30,6 +30,7 @@ __all__ = [
     "TextSplits",
     "load_clinc150",
     "load_image_folder",
+    "holdout_per_class",
     "subsample_per_class",
     "vit_transform",
 ]
@@ -113,6 +114,24 @@ def subsample_per_class(labels: np.ndarray, max_per_class: int | None, seed: int
             idx = rng.choice(idx, size=max_per_class, replace=False)
         keep.append(idx)
     return np.sort(np.concatenate(keep)) if keep else np.arange(0)
+
+
+def holdout_per_class(labels: np.ndarray, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split a training set into `(kept, held_out)` sorted indices: `per_class` seeded samples of every class are
+    held out (a validation set carved from the training data, for choosing settings without the test set), the rest
+    is kept. Raises if a class would keep no training sample."""
+    labels = np.asarray(labels)
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise ValueError(f"per_class must be a positive integer, got {per_class!r}.")
+    classes, counts = np.unique(labels, return_counts=True)
+    short = [int(c) for c, n in zip(classes, counts) if n <= per_class]
+    if short:
+        raise ValueError(
+            f"Cannot hold out {per_class} samples per class: class(es) {short[:10]} have {int(counts.min())} or "
+            "fewer training samples and would keep none; lower the held-out count."
+        )
+    held = subsample_per_class(labels, per_class, seed)
+    return np.setdiff1d(np.arange(len(labels)), held), held
 
 
 def _check_split(split: str, allowed: Sequence[str]) -> None:

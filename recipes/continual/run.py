@@ -8,7 +8,9 @@ task on all tasks seen so far. ``--method all`` runs ``ln-bank``, ``ln-bank-1pas
 official per-layer bank runs only when named: ``--method ln-bank-layerwise``). Writes ``metrics.json`` (the first
 incremental method's metrics at the top level, every method under ``methods``), ``timings.json`` and one
 accuracy-matrix heatmap per method into ``--output_dir``; checkpoints after every task under
-``--output_dir/checkpoints/<method>/task_XXX``.
+``--output_dir/checkpoints/<method>/task_XXX``. ``--evaluation_split validation`` evaluates on data held out from
+training instead of the test set (CLINC150's val split, or images of each class drawn from the train folder), so that
+settings such as the prediction rule are chosen without looking at the test set (``seed_table.py --choose``).
 
 Launch (from the repository root)::
 
@@ -44,6 +46,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
 from accelerate import Accelerator
@@ -54,9 +57,11 @@ from torch import nn
 from lntune.continual import (
     METHODS,
     ContinualConfig,
+    ImageSource,
     RunContext,
     as_encoder,
     compare_key_modes,
+    holdout_per_class,
     image_stream,
     load_clinc150,
     load_image_folder,
@@ -77,6 +82,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "cifar10_vit_tiny_5tasks"
 ALL_METHODS = ["ln-bank", "ln-bank-1pass", "nmc", "lda", "seq-ln", "joint-ln"]
 MODALITIES = ("image", "text")
+EVALUATION_SPLITS = ("test", "validation")
 FAIL_ENV = "LNTUNE_CONTINUAL_FAIL_AFTER"  # test-only: "<method>:<task>" raises after that task's checkpoint
 PATH_FLAGS = ("data", "model", "output_dir")
 NOT_RECORDED = ("output_dir", "resume", "no_progress", "cpu")
@@ -123,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="Seeds the class order, the subsampling, the heads, keys and data order.")
     p.add_argument("--max_train_per_class", type=int, help="Keep at most this many training samples per class.")
     p.add_argument("--max_test_per_class", type=int, help="Keep at most this many test samples per class.")
+    p.add_argument(
+        "--evaluation_split",
+        choices=EVALUATION_SPLITS,
+        help="'test' (default) or 'validation': evaluate on data held out from training instead, to choose settings\n"
+        "(e.g. the prediction rule) without the test set: CLINC150's val split; for images, --validation_per_class\n"
+        "images of each class drawn from the train folder before --max_train_per_class subsampling.",
+    )
+    p.add_argument(
+        "--validation_per_class",
+        type=int,
+        help="Images held out per class with --evaluation_split validation (default: --max_test_per_class, else 10%%).",
+    )
     p.add_argument("--resume", action="store_true", default=None, help="Continue from the latest checkpoints.")
     p.add_argument("--image_size", type=int, help="Input resolution (default: the model's).")
     p.add_argument("--image_mean", type=float, nargs=3, help="Normalisation mean (default: the model's processor).")
@@ -178,7 +196,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.key_mode = args.key_mode or "task"
     args.resume = bool(args.resume)
     args.compare_key_modes = bool(args.compare_key_modes) if args.compare_key_modes is not None else True
-    for name in ("max_train_per_class", "max_test_per_class"):
+    args.evaluation_split = args.evaluation_split or "test"
+    if args.validation_per_class is not None and args.evaluation_split != "validation":
+        raise ValueError("--validation_per_class only applies with --evaluation_split validation.")
+    if args.validation_per_class is not None and args.modality == "text":
+        raise ValueError(
+            "--validation_per_class is for image folders; CLINC150 evaluates on its own val split "
+            "(cap it with --max_test_per_class)."
+        )
+    for name in ("max_train_per_class", "max_test_per_class", "validation_per_class"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be positive, got {value}.")
@@ -221,16 +247,34 @@ def _subsample_text(source: TextSource, max_per_class: int | None, seed: int) ->
     return TextSource([source.texts[i] for i in keep], source.labels[keep], source.class_names)
 
 
+def held_out_images(args: argparse.Namespace) -> tuple[ImageSource, ImageSource]:
+    """(train, held-out) from the train folder: `--validation_per_class` seeded images of each class held out first
+    (default `--max_test_per_class`, else 10% of the smallest class), then `--max_train_per_class` drawn from the
+    rest; the test folder is not read."""
+    full = load_image_folder(args.data, "train", None, args.seed)
+    if args.validation_per_class is None:
+        smallest = int(np.bincount(full.labels).min()) if len(full) else 0
+        args.validation_per_class = args.max_test_per_class or max(1, smallest // 10)
+    kept, held = holdout_per_class(full.labels, args.validation_per_class, args.seed)
+    train = full.subset(kept)
+    train = train.subset(subsample_per_class(train.labels, args.max_train_per_class, args.seed))
+    return train, full.subset(held)
+
+
 def load_stream(args: argparse.Namespace, backbone_info: dict[str, Any]):
     """Data, split and stream; errors on an empty folder, too many tasks, ... come from the loaders themselves."""
+    validation = args.evaluation_split == "validation"
     if args.modality == "image":
-        train = load_image_folder(args.data, "train", args.max_train_per_class, args.seed)
-        test = load_image_folder(args.data, "test", args.max_test_per_class, args.seed)
+        if validation:
+            train, test = held_out_images(args)
+        else:
+            train = load_image_folder(args.data, "train", args.max_train_per_class, args.seed)
+            test = load_image_folder(args.data, "test", args.max_test_per_class, args.seed)
         class_names = train.class_names
     else:
         splits = load_clinc150(args.data)
         train = _subsample_text(splits.train, args.max_train_per_class, args.seed)
-        test = _subsample_text(splits.test, args.max_test_per_class, args.seed)
+        test = _subsample_text(splits.val if validation else splits.test, args.max_test_per_class, args.seed)
         class_names = splits.intent_names
     split = make_class_incremental_split(list(class_names), num_tasks=args.tasks, seed=args.seed)
     if args.modality == "image":
@@ -291,7 +335,12 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], timings: dict[str, 
     for name, r in results.items():
         if "acc_matrix" in r:
             plot_accuracy_matrix(r["acc_matrix"], output_dir / f"acc_matrix_{name}.png", title=name)
-    (output_dir / "results.md").write_text(results_table(results) + "\n", encoding="utf-8")
+    note = (
+        ""
+        if metrics["evaluation_split"] == "test"
+        else "Evaluated on data held out from training, not the test set.\n\n"
+    )
+    (output_dir / "results.md").write_text(note + results_table(results) + "\n", encoding="utf-8")
 
 
 def _after_task_hook():
@@ -361,6 +410,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "class_order": list(stream.split.class_order),
         "split": stream.split.to_dict(),
         "seed": args.seed,
+        "evaluation_split": args.evaluation_split,
         # the resolved flags, minus run plumbing that does not change results (so a resumed run's file is identical)
         "config": {k: v for k, v in sorted(vars(args).items()) if k not in NOT_RECORDED}
         | {"continual": config.to_dict()},

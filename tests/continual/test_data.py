@@ -15,6 +15,7 @@ from PIL import Image
 from lntune.continual.data import (
     ImageClassificationDataset,
     ImageSource,
+    holdout_per_class,
     load_clinc150,
     load_image_folder,
     subsample_per_class,
@@ -183,6 +184,21 @@ def test_subsample_and_source_validation() -> None:
         ImageSource(labels=np.zeros(1), class_names=("a",))
     with pytest.raises(ValueError, match="indices must lie"):
         ImageClassificationDataset(ImageSource(labels=[0], class_names=("a",), paths=["x.jpg"]), indices=[1])
+
+
+def test_holdout_per_class_splits_every_class() -> None:
+    labels = np.repeat(np.arange(4), [5, 3, 7, 2])
+    kept, held = holdout_per_class(labels, 1, seed=3)
+    assert np.intersect1d(kept, held).size == 0 and np.union1d(kept, held).tolist() == list(range(len(labels)))
+    np.testing.assert_array_equal(np.bincount(labels[held]), [1, 1, 1, 1])
+    np.testing.assert_array_equal(np.bincount(labels[kept]), [4, 2, 6, 1])
+    again, held_again = holdout_per_class(labels, 1, seed=3)
+    np.testing.assert_array_equal(held, held_again)
+    assert any(not np.array_equal(held, holdout_per_class(labels, 1, seed=s)[1]) for s in range(4, 10))
+    with pytest.raises(ValueError, match=r"class\(es\) \[3\] have 2 or fewer training samples"):
+        holdout_per_class(labels, 2)
+    with pytest.raises(ValueError, match="per_class must be a positive integer"):
+        holdout_per_class(labels, 0)
 
 
 def test_clinc_errors(tmp_path: Path) -> None:

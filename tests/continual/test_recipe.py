@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .helpers import CIFAR10_DIR, RECIPE_SCRIPT, REQUIRED_METRICS, load_recipe, recipe_argv
@@ -74,6 +75,29 @@ def test_bad_flags_and_configs(recipe, tiny_vit, tmp_path):
         recipe.main(["--config", str(bad)])
     with pytest.raises(ValueError, match="Config 'nope' not found"):
         recipe.main(["--config", "nope"])
+
+
+def test_validation_split_holds_out_training_images(recipe, tiny_vit, tmp_path):
+    args = recipe.parse_args(recipe_argv(tiny_vit, tmp_path / "out", "--evaluation_split", "validation"))
+    train, held = recipe.held_out_images(args)
+    assert args.validation_per_class == 2  # the test-set size per class, --max_test_per_class
+    assert np.bincount(held.labels).tolist() == [2] * 10 and np.bincount(train.labels).tolist() == [4] * 10
+    assert not set(held.paths) & set(train.paths)
+    assert all(Path(p).parts[-3] == "train" for p in held.paths + train.paths)  # the test folder is not read
+    out = tmp_path / "val"
+    recipe.main(recipe_argv(tiny_vit, out, "--method", "nmc", "--evaluation_split", "validation"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["evaluation_split"] == "validation" and metrics["config"]["validation_per_class"] == 2
+    assert (out / "results.md").read_text().startswith("Evaluated on data held out from training")
+    with pytest.raises(ValueError, match="only applies with --evaluation_split validation"):
+        recipe.parse_args(recipe_argv(tiny_vit, out, "--validation_per_class", "3"))
+    with pytest.raises(ValueError, match="CLINC150 evaluates on its own val split"):
+        recipe.parse_args(["--config", "clinc150_minilm_10tasks", "--evaluation_split", "validation",
+                           "--validation_per_class", "3"])  # fmt: skip
+    too_many = recipe.parse_args(recipe_argv(tiny_vit, out, "--evaluation_split", "validation",
+                                             "--validation_per_class", "1000"))  # fmt: skip
+    with pytest.raises(ValueError, match="Cannot hold out 1000 samples per class"):
+        recipe.held_out_images(too_many)
 
 
 def test_config_fields_parse_with_their_types(recipe):
