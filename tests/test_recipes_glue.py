@@ -218,6 +218,18 @@ def test_new_or_resized_head_is_logged(tiny_bert: Path, tmp_path: Path, caplog: 
     assert torch.equal(reloaded.classifier.weight, again.classifier.weight)
 
 
+def test_analysis_takes_the_lowest_seed_that_kept_its_weights(tmp_path: Path) -> None:
+    for seed, files in ((0, ["all_results.json"]), (1, ["all_results.json", "model.safetensors"]), (2, [])):
+        (tmp_path / f"seed{seed}").mkdir()
+        for name in files:
+            (tmp_path / f"seed{seed}" / name).write_text("{}")
+    assert sweep.full_checkpoint(tmp_path, 3) == (1, tmp_path / "seed1")
+    assert sweep.full_checkpoint(tmp_path, 1) == (0, None)  # seed 0 dropped its weights; seeds >= 1 not asked for
+    (tmp_path / "seed1" / "model.safetensors").unlink()
+    (tmp_path / "seed2" / "model.safetensors").write_text("{}")  # weights of an unfinished run (no results) are no use
+    assert sweep.full_checkpoint(tmp_path, 3) == (0, None)
+
+
 def test_sweep_writes_json_and_markdown(tiny_bert: Path, tmp_path: Path) -> None:
     argv = ["--tasks", "rte", "--methods", "lntune", "full", "--seeds", "1", "--model", str(tiny_bert)]
     argv += ["--name", "tiny", "--data_dir", str(TINY_DIR), "--num_train_epochs", "1", "--out", str(tmp_path)]
@@ -236,6 +248,7 @@ def test_sweep_writes_json_and_markdown(tiny_bert: Path, tmp_path: Path) -> None
     )
     # the analysis ran on the full-FT checkpoint and then deleted it
     assert (tmp_path / "analysis_tiny_rte.png").exists() and (tmp_path / "analysis_tiny.md").exists()
+    assert "- RTE (full fine-tuning, seed 0), relative change:" in (tmp_path / "analysis_tiny.md").read_text()
     assert not (tmp_path / "tmp" / "glue_tiny" / "rte" / "full" / "seed0" / "model.safetensors").exists()
     # resumable: a second call skips both runs (it would fail if it re-ran: the data dir is gone)
     argv[argv.index("--data_dir") + 1] = str(tmp_path / "gone")

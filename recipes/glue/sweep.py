@@ -329,8 +329,18 @@ def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], failures:
 # Component analysis of the full fine-tuning runs
 
 
+def full_checkpoint(full_dir: Path, seeds: int) -> tuple[int, Path | None]:
+    """`(seed, run folder)` of the lowest seed below `seeds` whose full fine-tuning run kept its weights."""
+    for seed in range(seeds):
+        run_dir = full_dir / f"seed{seed}"
+        if (run_dir / "all_results.json").exists() and any((run_dir / name).exists() for name in WEIGHT_FILES):
+            return seed, run_dir
+    return 0, None
+
+
 def run_analysis(args: argparse.Namespace) -> str:
-    """Compare each task's full-FT checkpoint (first seed) with the base model; write per-task and summary files."""
+    """Compare each task's full-FT checkpoint (the lowest seed that kept one) with the base model; write per-task and
+    summary files."""
     from transformers import AutoModelForSequenceClassification
 
     from lntune.analysis import component_changes, output_ln_changes_most, plot_component_changes
@@ -341,17 +351,18 @@ def run_analysis(args: argparse.Namespace) -> str:
     per_task: dict[str, dict[str, Any]] = {}
     for task in args.tasks:
         path_json = out / f"analysis_{args.name}_{task}.json"
-        run_dir = args.runs_dir / task / "full" / "seed0"
         if path_json.exists():
             per_task[task] = json.loads(path_json.read_text())
             continue
-        if not any((run_dir / name).exists() for name in WEIGHT_FILES):
+        seed, run_dir = full_checkpoint(args.runs_dir / task / "full", args.seeds)
+        if run_dir is None:
             logger.warning(
-                f"analysis of {task}: no full-FT checkpoint in {run_dir}; delete its all_results.json and rerun"
+                f"analysis of {task}: no full-FT checkpoint in {args.runs_dir / task / 'full'}/seed*; delete a run's "
+                "all_results.json and rerun it with --analysis or --keep_checkpoints"
             )
             continue
         pooling = json.loads((run_dir / "all_results.json").read_text()).get("pooling", "cls")
-        base, _ = run_glue.load_model(args.model, task, seed=0, pooling=pooling)  # seed 0 -> the run's initial head
+        base, _ = run_glue.load_model(args.model, task, seed=seed, pooling=pooling)  # the run's initial head
         tuned = AutoModelForSequenceClassification.from_pretrained(str(run_dir))
         if pooling == "mean":
             use_mean_pooling(tuned)  # the saved config says lntune_pooling="mean"; its [CLS] pooler was never used
@@ -363,6 +374,7 @@ def run_analysis(args: argparse.Namespace) -> str:
         plot_component_changes(rows, out / f"analysis_{args.name}_{task}.png", title=title)
         per_task[task] = {
             "task": task,
+            "seed": seed,
             "rows": rows,
             "output_ln_changes_most": holds,
             "statement": statement,
@@ -393,7 +405,8 @@ def run_analysis(args: argparse.Namespace) -> str:
     lines += ['Does "the output LayerNorm changes most" (among non-head components) hold?', ""]
     for t in tasks:
         name = TASK_LABELS.get(t, t)
-        lines.append(f"- {name}, relative change: {per_task[t]['statement']}")
+        seed = per_task[t].get("seed", 0)
+        lines.append(f"- {name} (full fine-tuning, seed {seed}), relative change: {per_task[t]['statement']}")
         if "statement_rms" in per_task[t]:
             lines.append(f"- {name}, RMS change per scalar: {per_task[t]['statement_rms']}")
     markdown = "\n".join(lines) + "\n"
