@@ -123,8 +123,11 @@ def run_bank(ctx: RunContext, method: str, kind: str) -> MethodResult:
         state["stats"].append(stats)
         ctx.log(f"[{method}] task {t}: {step_line(ctx, state, t)} stats={rounded(stats)}")
         finish_task(ctx, method, t, bank, state)
-    summary = incremental_summary(ctx, state["preds"], state["task_preds"])
-    alternative = incremental_summary(ctx, state["preds_other"], None)
+    # The headline follows the *current* rule: a run resumed under another `prediction` re-reads that rule's saved
+    # predictions (every rule is saved each task), instead of reporting the rule the checkpoints were made under.
+    headline = state["by_rule"].get(cfg.prediction, state["preds"])
+    summary = incremental_summary(ctx, headline, state["task_preds"])
+    alternative = incremental_summary(ctx, state["by_rule"].get(other, state["preds_other"]), None)
     extras: dict[str, Any] = {
         "key_mode": bank.key_mode,
         "prediction": cfg.prediction,
