@@ -489,13 +489,7 @@ def write_oracle(out: Path, results: dict[str, Any]) -> None:
                     row["recipe_lda_routed"] = m["lda"]["final_avg_acc"]
                 rows.append(row)
     command = "OMP_NUM_THREADS=1 python recipes/continual/experiments/router_probe.py " + shlex.join(sys.argv[1:])
-    machine = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
+    machine = machine_info()
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(str(out) + ".json").write_text(json.dumps({"command": command, "machine": machine, "rows": rows}, indent=1))
 
@@ -554,16 +548,21 @@ def write_oracle(out: Path, results: dict[str, Any]) -> None:
     print("\n".join(md))
 
 
-def write(out_json: Path, results: dict[str, Any], a: argparse.Namespace) -> None:
-    seeds = sorted({int(s) for c in results.values() for f in c.values() for r in f.values() for s in r})
-    command = "OMP_NUM_THREADS=1 python recipes/continual/experiments/router_probe.py " + shlex.join(sys.argv[1:])
-    machine = {
+def machine_info() -> dict[str, Any]:
+    """The facts of this machine that the probe's timings depend on."""
+    return {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def write(out_json: Path, results: dict[str, Any], a: argparse.Namespace) -> None:
+    seeds = sorted({int(s) for c in results.values() for f in c.values() for r in f.values() for s in r})
+    command = "OMP_NUM_THREADS=1 python recipes/continual/experiments/router_probe.py " + shlex.join(sys.argv[1:])
+    machine = machine_info()
     out_json.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(out_json.read_text()).get("commands", []) if out_json.is_file() else []
     commands = previous + ([command] if command not in previous else [])
