@@ -28,9 +28,9 @@ __all__ = [
     "ImageSource",
     "TextSource",
     "TextSplits",
+    "holdout_per_class",
     "load_clinc150",
     "load_image_folder",
-    "holdout_per_class",
     "subsample_per_class",
     "vit_transform",
 ]

@@ -253,7 +253,7 @@ def held_out_images(args: argparse.Namespace) -> tuple[ImageSource, ImageSource]
     rest; the test folder is not read."""
     full = load_image_folder(args.data, "train", None, args.seed)
     if args.validation_per_class is None:
-        smallest = int(np.bincount(full.labels).min()) if len(full) else 0
+        smallest = int(np.bincount(full.labels).min())  # load_image_folder refuses an empty folder
         args.validation_per_class = args.max_test_per_class or max(1, smallest // 10)
     kept, held = holdout_per_class(full.labels, args.validation_per_class, args.seed)
     train = full.subset(kept)
