@@ -85,6 +85,7 @@ def _expected_trainable(method: str, num_labels: int) -> int:
         "peft-ln": NUM_NORMS * norm + head,
         "lntune-output": LAYERS * norm + head,
         "lntune-fisher": -(-NUM_NORMS * norm // 5) + head,  # ceil(20% of the norm scalars)
+        "lntune-random": -(-NUM_NORMS * norm // 5) + head,
         "bitfit": HIDDEN + LAYERS * per_layer_biases + HIDDEN + head,  # embedding LN bias, layers, pooler bias
         "lora": LAYERS * 2 * (8 * HIDDEN + HIDDEN * 8) + head,  # r=8 A and B on query and value
     }[method]
@@ -95,6 +96,7 @@ SMOKE = {
     "lntune": "rte",
     "lntune-output": "mrpc",
     "lntune-fisher": "sst2",
+    "lntune-random": "cola",
     "full": "stsb",
     "bitfit": "cola",
     "lora": "rte",
@@ -124,8 +126,21 @@ def test_method_smoke(tiny_bert: Path, tmp_path: Path, method: str) -> None:
         assert on_disk["trainable_params"] == _expected_trainable(method, spec.num_labels)
     if run_glue.METHODS[method].is_peft:
         assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "adapter_model.safetensors").exists()
-    if method == "lntune-fisher":
-        assert on_disk["fisher_warmup"]["steps"] == 100  # the head trains alone before scoring (default)
+    if method in ("lntune-fisher", "lntune-random"):
+        assert on_disk["fisher_warmup"]["steps"] == 100  # the head trains alone before selecting (default)
+        assert sum(on_disk["fisher_selected_by_role"].values()) == on_disk["fisher_selected"]
+
+
+def test_random_subset_is_seeded_and_not_the_fisher_one(tiny_bert: Path, tmp_path: Path) -> None:
+    """lntune-random draws its subset from --seed (same seed, same subset) and is not the Fisher selection."""
+    masks = []
+    for i, (method, seed) in enumerate(
+        [("lntune-random", "0"), ("lntune-random", "0"), ("lntune-random", "1"), ("lntune-fisher", "0")]
+    ):
+        run_glue.main(_argv(tiny_bert, "sst2", method, tmp_path / str(i), "--seed", seed))
+        masks.append(json.loads((tmp_path / str(i) / "adapter_config.json").read_text())["mask"])
+    first, again, other_seed, fisher = masks
+    assert first == again and first != other_seed and first != fisher
 
 
 @pytest.mark.parametrize("extra", [["--fisher_warmup_steps", "0"], ["--fisher_normalize", "kind"]])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import datasets
+import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from peft import get_peft_model
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader
 import lntune
 from lntune import comparisons
 from lntune.fisher import fisher_scores, select_by_fisher, warm_up_head
+from lntune.norms import find_norms
 
 logger = get_logger(__name__)
 
@@ -52,13 +54,10 @@ def build_lntune_output(model: nn.Module, ctx: BuildContext) -> nn.Module:
     return build_lntune(model, ctx, preset="output")
 
 
-def build_lntune_fisher(model: nn.Module, ctx: BuildContext) -> nn.Module:
-    """LayerNorm tuning of the norm scalars with the largest diagonal Fisher on the training set, plus the head."""
+def _warm_up_head(model: nn.Module, ctx: BuildContext, loader: DataLoader) -> None:
+    """``--fisher_warmup_steps`` head-only steps, so a subset is chosen (and training starts) from a head that has seen
+    the task."""
     args, accelerator = ctx.args, ctx.accelerator
-    # fixed order, the same on every process: fisher_scores shards the batches itself and all-reduces the sums
-    loader = DataLoader(ctx.train_dataset, batch_size=args.per_device_train_batch_size, collate_fn=ctx.collator)
-    model.to(accelerator.device)
-    start = time.perf_counter()
     if args.fisher_warmup_steps > 0:
         # score through a head that has seen the task, not a random one (every process takes the same steps; DDP
         # then broadcasts rank 0's weights anyway); the warmed-up head is where training starts
@@ -73,6 +72,31 @@ def build_lntune_fisher(model: nn.Module, ctx: BuildContext) -> nn.Module:
         logger.info(
             f"head warm-up: {stats['steps']:.0f} steps, loss {stats['first_loss']:.4f} -> {stats['last_loss']:.4f}"
         )
+
+
+def _record_selection(ctx: BuildContext, mask: dict, roles: dict[str, str], total: int, kind: str) -> None:
+    """Put the size of a selection, and where it fell (embedding / attention / output norms), into the results."""
+    ctx.info["fisher_selected"] = sum(len(idx) for per in mask.values() for idx in per.values())
+    ctx.info["fisher_total"] = total
+    by_role: dict[str, int] = {}
+    for name, per in mask.items():
+        role = roles.get(name, "other")
+        by_role[role] = by_role.get(role, 0) + sum(len(idx) for idx in per.values())
+    ctx.info["fisher_selected_by_role"] = by_role
+    logger.info(
+        f"{kind} selection: {ctx.info['fisher_selected']} of {total} norm scalars "
+        f"({ctx.args.fisher_fraction:.0%} budget, {ctx.info['fisher_time_s']:.1f}s); by role: {by_role}"
+    )
+
+
+def build_lntune_fisher(model: nn.Module, ctx: BuildContext) -> nn.Module:
+    """LayerNorm tuning of the norm scalars with the largest diagonal Fisher on the training set, plus the head."""
+    args, accelerator = ctx.args, ctx.accelerator
+    # fixed order, the same on every process: fisher_scores shards the batches itself and all-reduces the sums
+    loader = DataLoader(ctx.train_dataset, batch_size=args.per_device_train_batch_size, collate_fn=ctx.collator)
+    model.to(accelerator.device)
+    start = time.perf_counter()
+    _warm_up_head(model, ctx, loader)
     scores = fisher_scores(
         model,
         loader,
@@ -85,18 +109,25 @@ def build_lntune_fisher(model: nn.Module, ctx: BuildContext) -> nn.Module:
     mask = select_by_fisher(scores, fraction=args.fisher_fraction, normalize=args.fisher_normalize)
     ctx.info["fisher_time_s"] = time.perf_counter() - start
     ctx.info["fisher_num_samples"] = scores.num_samples
-    ctx.info["fisher_selected"] = sum(len(idx) for per in mask.values() for idx in per.values())
-    ctx.info["fisher_total"] = scores.num_scalars
-    by_role: dict[str, int] = {}
-    for name, per in mask.items():
-        role = scores.roles.get(name, "other")
-        by_role[role] = by_role.get(role, 0) + sum(len(idx) for idx in per.values())
-    ctx.info["fisher_selected_by_role"] = by_role
-    logger.info(
-        f"Fisher selection: {ctx.info['fisher_selected']} of {scores.num_scalars} norm scalars "
-        f"({args.fisher_fraction:.0%} budget, {scores.num_samples} samples, {ctx.info['fisher_time_s']:.1f}s); "
-        f"by role: {by_role}"
-    )
+    _record_selection(ctx, mask, scores.roles, scores.num_scalars, kind=f"Fisher ({scores.num_samples} samples)")
+    return get_peft_model(model, lntune.LNTuneConfig(task_type="SEQ_CLS", mask=mask))
+
+
+def build_lntune_random(model: nn.Module, ctx: BuildContext) -> nn.Module:
+    """The control for ``lntune-fisher``: a uniformly random subset of the norm scalars of the same size (seeded by
+    ``--seed``), after the same head warm-up, plus the head. What the Fisher scores add is the difference."""
+    args, accelerator = ctx.args, ctx.accelerator
+    loader = DataLoader(ctx.train_dataset, batch_size=args.per_device_train_batch_size, collate_fn=ctx.collator)
+    model.to(accelerator.device)
+    start = time.perf_counter()
+    _warm_up_head(model, ctx, loader)
+    generator = torch.Generator().manual_seed(args.seed)
+    norms = find_norms(model)
+    scores = {n.name: {p: torch.rand(shape, generator=generator) for p, shape in n.shapes.items()} for n in norms}
+    mask = select_by_fisher(scores, fraction=args.fisher_fraction)
+    ctx.info["fisher_time_s"] = time.perf_counter() - start
+    total = sum(t.numel() for per in scores.values() for t in per.values())
+    _record_selection(ctx, mask, {n.name: n.role for n in norms}, total, kind="random")
     return get_peft_model(model, lntune.LNTuneConfig(task_type="SEQ_CLS", mask=mask))
 
 
@@ -147,6 +178,7 @@ METHODS: dict[str, Method] = {
     "lntune": Method(build_lntune, 3e-3, True, num_train_epochs=8),
     "lntune-output": Method(build_lntune_output, 3e-3, True, num_train_epochs=8),
     "lntune-fisher": Method(build_lntune_fisher, 3e-3, True, num_train_epochs=8),
+    "lntune-random": Method(build_lntune_random, 3e-3, True, num_train_epochs=8),
     "full": Method(build_full, 5e-5, False, num_train_epochs=4),
     "bitfit": Method(build_bitfit, 1e-3, False),
     "lora": Method(build_lora, 5e-4, True),

@@ -3,7 +3,8 @@
 
 Shaped like transformers' ``examples/pytorch/text-classification/run_glue_no_trainer.py``: everything runs top to
 bottom in ``main()``. Differences: one ``--method`` flag picks LayerNorm tuning (``lntune``, ``lntune-output``,
-``lntune-fisher``), full fine-tuning, BitFit, LoRA or peft's own LN tuning from the ``METHODS`` registry (in
+``lntune-fisher`` and its random-subset control ``lntune-random``), full fine-tuning, BitFit, LoRA or peft's own LN
+tuning from the ``METHODS`` registry (in
 ``glue_methods.py``, next to this file); gradient accumulation goes through ``accelerator.accumulate`` and evaluation
 through ``accelerator.gather_for_metrics``; every epoch is evaluated and both the best and the last epoch are
 reported.
@@ -152,13 +153,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed for the data subset, the new head and shuffling.")
     parser.add_argument("--output_dir", type=str, default=None, help="Where to save the model/adapter and results.")
-    parser.add_argument("--fisher_fraction", type=float, default=0.2, help="lntune-fisher: share of norm scalars.")
+    parser.add_argument(
+        "--fisher_fraction", type=float, default=0.2, help="lntune-fisher/-random: share of norm scalars."
+    )
     parser.add_argument("--fisher_samples", type=int, default=1024, help="lntune-fisher: training samples to score.")
     parser.add_argument(
         "--fisher_warmup_steps",
         type=int,
         default=100,
-        help="lntune-fisher: train the new head alone for this many steps before scoring (0: score the random head).",
+        help="lntune-fisher/-random: train the new head alone for this many steps before selecting (0: no warm-up).",
     )
     parser.add_argument(
         "--fisher_normalize",
