@@ -333,6 +333,12 @@ def test_search_tabulates_resumes_and_refuses_bad_input(tiny_bert: Path, tmp_pat
     # resumable: nothing re-runs (the data dir is gone)
     argv[argv.index("--data_dir") + 1] = str(tmp_path / "gone")
     assert search.main(argv) == 0
+    # a report of other tasks or methods from the same runs folder leaves these runs out
+    search.main([*argv, "--tasks", "sst2", "--report_only"])
+    assert "| lntune |" not in (tmp_path / "glue_search_tiny.md").read_text()
+    search.main([*argv, "--methods", "full", "--report_only"])
+    assert "| lntune |" not in (tmp_path / "glue_search_tiny.md").read_text()
+    search.main(argv)
     # a method the recipe does not know, in --grid or --methods
     with pytest.raises(SystemExit):
         search.main([*argv, "--grid", "adapterx=1e-3"])

@@ -177,7 +177,9 @@ def load_runs(runs_dir: Path, model: str) -> list[dict[str, Any]]:
 
 
 def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
-    """Markdown: per method and setting, held-out primary metric per task (last epoch, best epoch), and the choice."""
+    """Markdown: per method and setting, held-out primary metric per task (last epoch, best epoch), and the choice.
+    Only the runs of `--tasks` and `--methods` are tabulated (one runs folder can hold several searches)."""
+    runs = [r for r in runs if r["task"] in args.tasks and r["method"] in args.methods]
     tasks = [t for t in args.tasks if any(r["task"] == t for r in runs)] or args.tasks
     header = ["Method", "Setting"] + [f"{sweep.TASK_LABELS.get(t, t)} last / best (epoch)" for t in tasks]
     header += ["Mean last"]
