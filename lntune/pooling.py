@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 POOLING_CONFIG_KEY = "lntune_pooling"  # recorded in model.config, so a saved model says how it was pooled
 
@@ -82,6 +83,108 @@ def use_mean_pooling(model: nn.Module) -> nn.Module:
     config = getattr(model, "config", None)
     if config is not None:
         setattr(config, POOLING_CONFIG_KEY, "mean")
+    return model
+
+
+def split_pair(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split jointly tokenized pairs ``[CLS] a [SEP] b [SEP]`` into ``[CLS] a [SEP]`` and ``[CLS] b [SEP]``.
+
+    Segment A is every attended token of type 0, segment B every attended token of type 1 behind the row's first
+    token (its [CLS]). Returns (ids_a, mask_a, ids_b, mask_b), each right-padded with the batch's pad value (the
+    value of a masked position, else 0). Raises ``ValueError`` for a row with no type-1 token: a single sentence.
+    """
+    attended = attention_mask.bool()
+    rows_a, rows_b = [], []
+    for ids, keep, types in zip(input_ids, attended, token_type_ids):
+        a = ids[keep & (types == 0)]
+        b = ids[keep & (types == 1)]
+        if b.numel() == 0:
+            raise ValueError(
+                "pair pooling needs sentence pairs (a second segment with token_type_ids == 1); this row has one "
+                "segment. Use pooling='mean' for single-sentence tasks."
+            )
+        rows_a.append(a)
+        rows_b.append(torch.cat([ids[:1], b]))
+    masked = input_ids[~attended]
+    pad = int(masked[0]) if masked.numel() else 0
+
+    def stack(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(row.numel() for row in rows)
+        ids = input_ids.new_full((len(rows), width), pad)
+        mask = attention_mask.new_zeros((len(rows), width))
+        for i, row in enumerate(rows):
+            ids[i, : row.numel()] = row
+            mask[i, : row.numel()] = 1
+        return ids, mask
+
+    return (*stack(rows_a), *stack(rows_b))
+
+
+def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def use_pair_pooling(model: nn.Module) -> nn.Module:
+    """Classify sentence pairs from each sentence encoded alone, as a bi-encoder checkpoint was trained, in place.
+
+    Sentence-embedding checkpoints (all-MiniLM-L6-v2 and the like) were trained to embed *one* sentence; a jointly
+    encoded pair ``[CLS] a [SEP] b [SEP]`` is an input they never saw. With pair pooling the encoder runs on ``a`` and
+    on ``b`` separately (the joint tokenization is split by ``token_type_ids``, so data pipelines are unchanged), each
+    output is mean-pooled, and the classifier reads Sentence-BERT's features ``[u, v, |u - v|, u * v]`` (Reimers &
+    Gurevych 2019): ``model.classifier`` is replaced by a new, freshly initialised ``Linear(4 * hidden, num_labels)``.
+    The [CLS] pooler leaves the model as with `use_mean_pooling`; ``model.config`` records ``lntune_pooling="pair"``.
+    Every input needs ``token_type_ids`` and two segments. Returns `model`.
+    """
+    encoder = _encoder_with_pooler(model)
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, nn.Linear):
+        raise ValueError(
+            f"{type(model).__name__} has no `classifier` Linear layer to widen: pair pooling is supported for "
+            "BERT-family sequence classifiers (`<encoder>.pooler` + `classifier`). Use pooling='mean' instead."
+        )
+    if getattr(encoder, "_lntune_pair_pooling", False):
+        return model
+    hidden = classifier.in_features
+    head = nn.Linear(4 * hidden, classifier.out_features).to(classifier.weight.device, classifier.weight.dtype)
+    std = getattr(getattr(model, "config", None), "initializer_range", 0.02)
+    nn.init.normal_(head.weight, std=std)
+    nn.init.zeros_(head.bias)
+    model.classifier = head
+    encoder.pooler = MeanPooler()  # the untrained [CLS] pooler leaves; pooling happens per segment below
+    encode = encoder.forward
+    signature = inspect.signature(encode)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        extra = dict(bound.pop("kwargs", {}))
+        input_ids, mask, types = (bound.pop(key, None) for key in ("input_ids", "attention_mask", "token_type_ids"))
+        if input_ids is None or types is None:
+            raise ValueError(
+                "pair pooling encodes each sentence of a pair alone and needs `input_ids` and `token_type_ids` (the "
+                "tokenizer's output for a sentence pair); got "
+                f"{'no input_ids' if input_ids is None else 'no token_type_ids'}."
+            )
+        if mask is None:
+            mask = torch.ones_like(input_ids)
+        bound.pop("position_ids", None)  # positions restart in each segment
+        ids_a, mask_a, ids_b, mask_b = split_pair(input_ids, mask, types)
+        extra.update({k: v for k, v in bound.items() if k != "self"})
+        extra["return_dict"] = True
+        out_a = encode(input_ids=ids_a, attention_mask=mask_a, **extra)
+        out_b = encode(input_ids=ids_b, attention_mask=mask_b, **extra)
+        u = _masked_mean(out_a.last_hidden_state, mask_a)
+        v = _masked_mean(out_b.last_hidden_state, mask_b)
+        pooled = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
+        return BaseModelOutputWithPooling(last_hidden_state=out_a.last_hidden_state, pooler_output=pooled)
+
+    encoder.forward = forward
+    encoder._lntune_pair_pooling = True
+    config = getattr(model, "config", None)
+    if config is not None:
+        setattr(config, POOLING_CONFIG_KEY, "pair")
     return model
 
 

@@ -9,7 +9,7 @@ import transformers as tf
 from peft import get_peft_model
 
 from lntune import LNTuneConfig
-from lntune.pooling import MeanPooler, checkpoint_pooling, use_mean_pooling
+from lntune.pooling import MeanPooler, checkpoint_pooling, split_pair, use_mean_pooling, use_pair_pooling
 
 from .models import minilm_dir
 
@@ -67,3 +67,48 @@ def test_checkpoint_pooling_reads_the_sentence_transformers_config(tmp_path) -> 
     (tmp_path / "1_Pooling").mkdir()
     (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
     assert checkpoint_pooling(str(tmp_path)) == "cls"
+
+
+def _pair(a: list[int], b: list[int], width: int) -> tuple[list[int], list[int], list[int]]:
+    ids = [2, *a, 3, *b, 3]
+    types = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    pad = width - len(ids)
+    return ids + [0] * pad, [1] * len(ids) + [0] * pad, types + [0] * pad
+
+
+def test_pair_pooling_encodes_each_sentence_alone() -> None:
+    model = _tiny_bert_classifier()
+    reference = _tiny_bert_classifier()  # the same weights: the encoder alone, run on each sentence
+    use_pair_pooling(model)
+    assert model.config.lntune_pooling == "pair" and model.classifier.in_features == 4 * 16
+    rows = [_pair([7, 8, 9], [10, 11], 10), _pair([12], [13, 14, 15, 16], 10)]
+    ids, mask, types = (torch.tensor([row[k] for row in rows]) for k in range(3))
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        expected = []
+        for a, b in (([7, 8, 9], [10, 11]), ([12], [13, 14, 15, 16])):
+            u = reference.bert(input_ids=torch.tensor([[2, *a, 3]])).last_hidden_state[0].mean(0)
+            v = reference.bert(input_ids=torch.tensor([[2, *b, 3]])).last_hidden_state[0].mean(0)
+            expected.append(torch.cat([u, v, (u - v).abs(), u * v]))
+    torch.testing.assert_close(logits, model.classifier(torch.stack(expected)))
+
+
+def test_pair_pooling_trains_under_lntune_and_refuses_single_sentences() -> None:
+    model = get_peft_model(use_pair_pooling(_tiny_bert_classifier()), LNTuneConfig(task_type="SEQ_CLS"))
+    ids, mask, types = (torch.tensor([row]) for row in _pair([7, 8], [9], 8))
+    out = model(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=torch.tensor([1]))
+    out.loss.backward()
+    grads = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is not None]
+    assert any("classifier" in n for n in grads) and any("LayerNorm" in n for n in grads)
+    with pytest.raises(ValueError, match="pair pooling needs sentence pairs"):
+        model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
+    with pytest.raises(ValueError, match="token_type_ids"):
+        model(input_ids=ids, attention_mask=mask)
+
+
+def test_split_pair_restores_each_segment_with_its_cls() -> None:
+    rows = [_pair([7, 8, 9], [10, 11], 10), _pair([12], [13], 10)]
+    ids, mask, types = (torch.tensor([row[k] for row in rows]) for k in range(3))
+    ids_a, mask_a, ids_b, mask_b = split_pair(ids, mask, types)
+    assert ids_a.tolist() == [[2, 7, 8, 9, 3], [2, 12, 3, 0, 0]] and mask_a.tolist() == [[1] * 5, [1, 1, 1, 0, 0]]
+    assert ids_b.tolist() == [[2, 10, 11, 3], [2, 13, 3, 0]] and mask_b.tolist() == [[1] * 4, [1, 1, 1, 0]]

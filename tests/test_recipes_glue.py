@@ -458,3 +458,28 @@ def test_head_learning_rate_is_recorded_and_searched(tiny_bert: Path, tmp_path: 
     assert search.main(argv) == 0
     base = f"mean-lr{run_glue.METHODS['lntune'].learning_rate:g}-ep1"
     assert f"| lntune | {base}-hlr0.001 |" in (tmp_path / "glue_search_tiny.md").read_text()
+
+
+def test_pair_pooling_run_reloads(tiny_bert: Path, tmp_path: Path) -> None:
+    """--pooling pair trains lntune on a pair task, and its adapter reloads onto a base with the same pooling."""
+    extra = ["--pooling", "pair", "--warmup_ratio", "0", "--per_device_train_batch_size", "4"]
+    results = run_glue.main(_argv(tiny_bert, "rte", "lntune", tmp_path, *extra))
+    assert results["pooling"] == "pair" and results["new_head_weights"] == ["classifier.bias", "classifier.weight"]
+    base, _ = run_glue.load_model(str(tiny_bert), "rte", seed=0, pooling="pair")
+    model = PeftModel.from_pretrained(base, str(tmp_path)).eval()
+    tok = tf.AutoTokenizer.from_pretrained(str(tiny_bert))
+    dev = run_glue.load_glue(TINY_DIR, "rte")["validation"]
+    batch = tok(list(dev["sentence1"]), list(dev["sentence2"]), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        preds = model(**batch).logits.argmax(-1).numpy()
+    assert float((preds == list(dev["label"])).mean()) == pytest.approx(results["eval_accuracy_last"])
+
+
+@pytest.mark.parametrize(
+    "task, method, message",
+    [("sst2", "lntune", "needs a sentence-pair task"), ("rte", "lntune-fisher", "is not supported yet")],
+)
+def test_pair_pooling_refusals(tiny_bert: Path, capsys: pytest.CaptureFixture, task: str, method: str, message: str):
+    with pytest.raises(SystemExit):
+        run_glue.main(_argv(tiny_bert, task, method, None, "--pooling", "pair"))
+    assert message in capsys.readouterr().err

@@ -49,7 +49,7 @@ from lntune.fisher import head_parameters, warm_up_head
 from lntune.glue import TASKS, glue_metric, load_glue, load_glue_from_hub
 from lntune.heads import init_head_bias
 from lntune.io import write_json
-from lntune.pooling import checkpoint_pooling, use_mean_pooling
+from lntune.pooling import checkpoint_pooling, use_mean_pooling, use_pair_pooling
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from glue_methods import METHODS, BuildContext  # noqa: E402  (the method registry, next to this file)
@@ -138,11 +138,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--pooling",
-        choices=["auto", "cls", "mean"],
+        choices=["auto", "cls", "mean", "pair"],
         default="auto",
         help="How the classifier pools the tokens: 'cls' (the model's own [CLS]/pooler head), 'mean' (masked mean of "
-        "the token states, lntune.use_mean_pooling), or 'auto': the pooling a sentence-transformers checkpoint was "
-        "trained with (its 1_Pooling/config.json), else 'cls'.",
+        "the token states, lntune.use_mean_pooling), 'pair' (sentence-pair tasks: each sentence encoded alone and "
+        "mean-pooled, the classifier reads [u, v, |u-v|, u*v], lntune.use_pair_pooling), or 'auto': the pooling a "
+        "sentence-transformers checkpoint was trained with (its 1_Pooling/config.json), else 'cls'.",
     )
     parser.add_argument(
         "--validation_split_percentage",
@@ -208,6 +209,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warmup_ratio = method.warmup_ratio
     if args.pooling == "auto":
         args.pooling = checkpoint_pooling(args.model) or "cls"
+    if args.pooling == "pair" and len(TASKS[args.task].text_keys) != 2:
+        parser.error(f"--pooling pair needs a sentence-pair task; {args.task} has one sentence: use --pooling mean")
+    if args.pooling == "pair" and args.method in ("lntune-fisher", "lntune-random"):
+        parser.error(
+            f"--pooling pair with --method {args.method} is not supported yet: the per-sample Fisher hooks assume one "
+            "encoder pass per example, and pair pooling runs two. Use --pooling mean for the Fisher subset."
+        )
     if not 0.0 <= args.warmup_ratio < 1.0:
         parser.error(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio}")
     if args.fisher_warmup_steps < 0:
@@ -229,7 +237,8 @@ def load_model(model_name: str, task: str, seed: int, pooling: str = "cls") -> t
     """The pretrained model with a sequence-classification head for ``task``, and the names of head weights that the
     checkpoint did not hold (newly, randomly initialised). The seed is set right before loading so the new head is a
     function of (model, seed): the component analysis rebuilds the same initial head from it. ``pooling="mean"``
-    swaps the [CLS] pooler for a masked mean of the token states (``lntune.use_mean_pooling``)."""
+    swaps the [CLS] pooler for a masked mean of the token states (``lntune.use_mean_pooling``); ``pooling="pair"``
+    encodes each sentence of a pair alone and classifies from both (``lntune.use_pair_pooling``)."""
     spec = TASKS[task]
     kwargs: dict[str, Any] = {"num_labels": spec.num_labels}
     if not spec.is_regression:
@@ -241,6 +250,9 @@ def load_model(model_name: str, task: str, seed: int, pooling: str = "cls") -> t
     new = sorted(set(info.get("missing_keys", ())) | {str(k[0]) for k in info.get("mismatched_keys", ())})
     if pooling == "mean":
         use_mean_pooling(model)
+    elif pooling == "pair":
+        use_pair_pooling(model)  # a new, wider classifier: its names are already in `new`
+    if pooling in ("mean", "pair"):
         new = [name for name in new if ".pooler." not in f".{name}"]
     return model, new
 

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--epochs", nargs="+", default=[], metavar="METHOD=N", help="Epochs per run (the curve picks fewer)."
     )
-    parser.add_argument("--pooling", nargs="+", default=["auto"], choices=["auto", "cls", "mean"])
+    parser.add_argument("--pooling", nargs="+", default=["auto"], choices=["auto", "cls", "mean", "pair"])
     parser.add_argument(
         "--head_bias_init", nargs="+", default=["zero"], choices=["zero", "prior"], help="run_glue's, per setting."
     )

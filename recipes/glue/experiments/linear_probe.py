@@ -6,7 +6,9 @@
 
 Same data as ``search.py --max_train_samples N --validation_split_percentage 20``: a seeded N-example training
 subset, 80% to fit and the held-out 20% to score (the dev set is not read). Features are the frozen model's
-mean-pooled token states and its [CLS] pooler output (no training of the backbone); the head is scikit-learn's
+mean-pooled token states and its [CLS] pooler output (no training of the backbone), and on sentence-pair tasks also
+the bi-encoder features this sentence-embedding checkpoint was trained for: each sentence encoded alone and
+mean-pooled, ``[u, v, |u - v|, u * v]`` (Sentence-BERT's classification features); the head is scikit-learn's
 ``LogisticRegression`` (classification, C from a small grid by 5-fold CV on the 80%; also with balanced class
 weights, so that it cannot fall back to the majority class) or ``RidgeCV`` (STS-B; its balanced column repeats it).
 What it answers: how much of a task the pretrained features already separate linearly. LN tuning can only rescale and shift
@@ -47,6 +49,12 @@ def features(model, tokenizer, texts: list[list[str]], batch_size: int = 64) -> 
     return {"mean": np.concatenate(means), "cls": np.concatenate(cls)}
 
 
+def siamese(model, tokenizer, texts: list[list[str]]) -> np.ndarray:
+    """Sentence-BERT pair features ``[u, v, |u - v|, u * v]``, each sentence encoded and mean-pooled on its own."""
+    u, v = (features(model, tokenizer, [column])["mean"] for column in texts)
+    return np.concatenate([u, v, np.abs(u - v), u * v], axis=1)
+
+
 def probe(task: str, args: argparse.Namespace, model, tokenizer) -> dict[str, float]:
     spec = TASKS[task]
     raw = load_glue(args.data_dir, task, args.max_train_samples, None, seed=args.seed)
@@ -54,10 +62,13 @@ def probe(task: str, args: argparse.Namespace, model, tokenizer) -> dict[str, fl
     fit, test = held["train"], held["test"]
     x_fit = features(model, tokenizer, [fit[k] for k in spec.text_keys])
     x_test = features(model, tokenizer, [test[k] for k in spec.text_keys])
+    if len(spec.text_keys) == 2:
+        x_fit["siamese"] = siamese(model, tokenizer, [fit[k] for k in spec.text_keys])
+        x_test["siamese"] = siamese(model, tokenizer, [test[k] for k in spec.text_keys])
     y_fit, y_test = np.asarray(fit["label"]), np.asarray(test["label"])
     key = run_glue.PRIMARY_METRIC[task]
     scores: dict[str, float] = {}
-    for name in ("mean", "cls"):
+    for name in x_fit:
         mu, sd = x_fit[name].mean(0), x_fit[name].std(0) + 1e-6
         a, b = (x_fit[name] - mu) / sd, (x_test[name] - mu) / sd
         if spec.is_regression:
@@ -86,13 +97,15 @@ def main(argv: list[str] | None = None) -> str:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModel.from_pretrained(args.model).eval()
     lines = [
-        "| Task (metric) | mean-pooled | mean-pooled, balanced | [CLS] pooler | [CLS] pooler, balanced |",
-        "|---|---:|---:|---:|---:|",
+        "| Task (metric) | mean-pooled | mean-pooled, balanced | [CLS] pooler | [CLS] pooler, balanced "
+        "| pair, each sentence alone | pair, each sentence alone, balanced |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for task in args.tasks:
         scores = probe(task, args, model, tokenizer)
         label = f"{sweep.TASK_LABELS.get(task, task)} ({run_glue.PRIMARY_METRIC[task]})"
-        cells = " | ".join(f"{scores[k]:.1f}" for k in ("mean", "mean_balanced", "cls", "cls_balanced"))
+        columns = ("mean", "mean_balanced", "cls", "cls_balanced", "siamese", "siamese_balanced")
+        cells = " | ".join(f"{scores[k]:.1f}" if k in scores else "n/a" for k in columns)
         lines.append(f"| {label} | {cells} |")
         print(lines[-1], flush=True)
     command = "python recipes/glue/experiments/linear_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
