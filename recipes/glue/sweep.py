@@ -362,6 +362,9 @@ def run_analysis(args: argparse.Namespace) -> str:
             )
             continue
         pooling = json.loads((run_dir / "all_results.json").read_text()).get("pooling", "cls")
+        if pooling == "pair":
+            logger.warning(f"analysis of {task}: skipped, the component analysis does not read pair-pooled runs yet")
+            continue
         base, _ = run_glue.load_model(args.model, task, seed=seed, pooling=pooling)  # the run's initial head
         tuned = AutoModelForSequenceClassification.from_pretrained(str(run_dir))
         if pooling == "mean":
