@@ -211,11 +211,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.pooling = checkpoint_pooling(args.model) or "cls"
     if args.pooling == "pair" and len(TASKS[args.task].text_keys) != 2:
         parser.error(f"--pooling pair needs a sentence-pair task; {args.task} has one sentence: use --pooling mean")
-    if args.pooling == "pair" and args.method in ("lntune-fisher", "lntune-random"):
-        parser.error(
-            f"--pooling pair with --method {args.method} is not supported yet: the per-sample Fisher hooks assume one "
-            "encoder pass per example, and pair pooling runs two. Use --pooling mean for the Fisher subset."
-        )
     if not 0.0 <= args.warmup_ratio < 1.0:
         parser.error(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio}")
     if args.fisher_warmup_steps < 0:

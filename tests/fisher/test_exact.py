@@ -349,3 +349,42 @@ def test_bad_input_and_empty_loaders_raise_clearly() -> None:
         fisher_scores(model, ["not a batch"], progress=False)
     with pytest.raises(ValueError, match="no input tensor"):
         fisher_scores(model, [{"labels": torch.zeros(2, dtype=torch.long), "note": "x"}], progress=False)
+
+
+def _pair_batches(sizes: list[int], seed: int) -> list[dict[str, torch.Tensor]]:
+    """Right-padded ``[CLS] a [SEP] b [SEP]`` batches with token types, as a tokenizer gives sentence pairs."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for size in sizes:
+        rows = []
+        for _ in range(size):
+            a, b = (
+                torch.randint(4, 40, (int(torch.randint(1, 6, (1,), generator=gen)),), generator=gen) for _ in "ab"
+            )
+            ids = torch.cat([torch.tensor([2]), a, torch.tensor([3]), b, torch.tensor([3])])
+            rows.append((ids, torch.cat([torch.zeros(len(a) + 2), torch.ones(len(b) + 1)]).long()))
+        width = max(len(ids) for ids, _ in rows)
+        batch = {
+            k: torch.zeros(size, width, dtype=torch.long) for k in ("input_ids", "attention_mask", "token_type_ids")
+        }
+        for i, (ids, types) in enumerate(rows):
+            batch["input_ids"][i, : len(ids)] = ids
+            batch["attention_mask"][i, : len(ids)] = 1
+            batch["token_type_ids"][i, : len(ids)] = types
+        batch["labels"] = torch.randint(0, 2, (size,), generator=gen)
+        batches.append(batch)
+    return batches
+
+
+def test_pair_pooled_model_two_encoder_passes_match_reference() -> None:
+    """With pair pooling every norm runs twice per forward (once per sentence, at other lengths than the joint pair):
+    the per-sample gradients of both passes add up before squaring, and padding gets no gradient."""
+    from lntune.pooling import use_pair_pooling
+
+    model = use_pair_pooling(tiny_bert()).eval()
+    _randomize_norms(model)
+    batches = _pair_batches([6, 4], seed=3)
+    for kind in ("empirical", "true"):
+        got = fisher_scores(model, batches, kind=kind, progress=False)
+        assert all(float(got[name]["weight"].min()) > 0 for name in got)  # every norm scored, both passes
+        assert_scores_close(got, fisher_scores_reference(model, batches, kind=kind))
