@@ -7,7 +7,8 @@ state was never trained to summarise the input and their pooler was never traine
 exactly zero). Full fine-tuning can repair that path; LN tuning and BitFit cannot move the pooler's matrix, so they
 classify from an untrained projection of an untrained token. `use_mean_pooling` swaps the pooler for a masked mean of
 the token states, the pooling the checkpoint was trained with; `checkpoint_pooling` reads which one that was from a
-sentence-transformers folder (`1_Pooling/config.json`).
+sentence-transformers folder (`1_Pooling/config.json`). Such checkpoints are bi-encoders: they embed one sentence at a
+time, and `use_pair_pooling` classifies a sentence pair the same way (each sentence encoded alone).
 """
 
 from __future__ import annotations
