@@ -25,6 +25,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 POOLING_CONFIG_KEY = "lntune_pooling"  # recorded in model.config, so a saved model says how it was pooled
 
 
+def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` [B, T, H] over the positions where ``mask`` [B, T] is 1."""
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
 class MeanPooler(nn.Module):
     """Masked mean of the token states over the sequence (replaces a [CLS] pooler; holds no parameters).
 
@@ -40,8 +46,7 @@ class MeanPooler(nn.Module):
         mask = self.attention_mask
         if mask is None or mask.shape[:2] != hidden_states.shape[:2]:
             return hidden_states.mean(dim=1)
-        weights = mask.to(hidden_states.dtype).unsqueeze(-1)
-        return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return _masked_mean(hidden_states, mask)
 
 
 def _encoder_with_pooler(model: nn.Module) -> nn.Module:
@@ -121,11 +126,6 @@ def split_pair(
         return ids, mask
 
     return (*stack(rows_a), *stack(rows_b))
-
-
-def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 def use_pair_pooling(model: nn.Module) -> nn.Module:
