@@ -255,7 +255,9 @@ def test_sweep_writes_json_and_markdown(tiny_bert: Path, tmp_path: Path) -> None
     assert report["header"]["machine"] and not report["failures"]
     markdown = (tmp_path / "glue_tiny.md").read_text()
     assert "| 0.003 |" in markdown  # the --lr override reached the run
-    assert "| Method | Trainable params | LR | RTE (acc) | Avg | Avg − full | Time/epoch vs full |" in markdown
+    assert (
+        "| Method | Trainable params | LR | Pooling | RTE (acc) | Avg | Avg − full | Time/epoch vs full |" in markdown
+    )
     assert (
         "| full | " in markdown
         and "| +0.0 | 1.00x |" in markdown
@@ -377,6 +379,50 @@ def test_negative_head_warmup_is_an_argparse_error(tiny_bert: Path, capsys: pyte
     assert "--head_warmup_steps must be >= 0" in capsys.readouterr().err
 
 
+def _mean_pooling_checkpoint(tiny_bert: Path, dest: Path) -> Path:
+    """A copy of the tiny BERT that says, as sentence-transformers does, it was trained with mean pooling."""
+    shutil.copytree(tiny_bert, dest)
+    (dest / "1_Pooling").mkdir()
+    (dest / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    return dest
+
+
+def test_auto_pooling_pairs_norm_methods_on_pair_tasks(tiny_bert: Path, tmp_path: Path) -> None:
+    """--pooling auto on a mean-pooling checkpoint: the norm-tuning methods encode each sentence of a pair alone, the
+    others keep the checkpoint's mean pooling; single-sentence tasks and other checkpoints are untouched."""
+    mean_ckpt = str(_mean_pooling_checkpoint(tiny_bert, tmp_path / "mean_ckpt"))
+    for method, spec in run_glue.METHODS.items():
+        assert run_glue.resolve_pooling("auto", mean_ckpt, "rte", method) == ("pair" if spec.pair_pooling else "mean")
+        assert run_glue.resolve_pooling("auto", mean_ckpt, "sst2", method) == "mean"
+        assert run_glue.resolve_pooling("auto", str(tiny_bert), "rte", method) == "cls"
+    assert {m for m, spec in run_glue.METHODS.items() if spec.pair_pooling} >= {"lntune", "lntune-fisher", "peft-ln"}
+    assert not run_glue.METHODS["full"].pair_pooling
+    assert run_glue.resolve_pooling("mean", mean_ckpt, "rte", "lntune") == "mean"  # an explicit choice wins
+    with pytest.raises(ValueError, match="needs a sentence-pair task; cola has one sentence"):
+        run_glue.resolve_pooling("pair", mean_ckpt, "cola", "lntune")
+    # the run records what it used, and search names its folders by it (not "auto")
+    assert run_glue.main(_argv(Path(mean_ckpt), "rte", "lntune", None))["pooling"] == "pair"
+    argv = ["--tasks", "rte", "sst2", "--methods", "lntune", "full", "--epochs", "lntune=1", "full=1"]
+    argv += ["--model", mean_ckpt, "--name", "tiny", "--data_dir", str(TINY_DIR), "--max_train_samples", "4"]
+    argv += ["--validation_split_percentage", "50", "--out", str(tmp_path)]
+    assert search.main(argv) == 0
+    folders = {p.relative_to(tmp_path / "tmp" / "glue_search_tiny").parts[:3] for p in tmp_path.glob("**/seed0")}
+    assert {f[:2]: f[2].split("-")[0] for f in folders} == {
+        ("rte", "lntune"): "pair",
+        ("sst2", "lntune"): "mean",
+        ("rte", "full"): "mean",
+        ("sst2", "full"): "mean",
+    }
+
+
+def test_search_skips_pair_pooling_on_single_sentence_tasks(tiny_bert: Path, tmp_path: Path) -> None:
+    argv = ["--tasks", "sst2", "rte", "--methods", "lntune", "--epochs", "lntune=1", "--pooling", "pair"]
+    argv += ["--model", str(tiny_bert), "--name", "tiny", "--data_dir", str(TINY_DIR), "--max_train_samples", "4"]
+    argv += ["--validation_split_percentage", "50", "--out", str(tmp_path)]
+    assert search.main(argv) == 0
+    assert [p.parts[-4] for p in tmp_path.glob("**/seed0")] == ["rte"]
+
+
 def test_search_names_head_settings(tiny_bert: Path, tmp_path: Path) -> None:
     argv = ["--tasks", "rte", "--methods", "lntune", "--epochs", "lntune=1", "--pooling", "mean"]
     argv += ["--head_bias_init", "zero", "prior", "--head_warmup_steps", "0", "2", "--model", str(tiny_bert)]
@@ -417,7 +463,20 @@ def test_sweep_refuses_to_average_seeds_of_different_settings(tiny_bert: Path, t
     # seed 0 (written before the key existed) and seed 1 (0 warm-up steps) are one setting
     shutil.rmtree(runs_dir / "rte" / "lntune" / "seed2")
     sweep.main(argv)
-    assert "60.0 ± 0.0 (n=2)" in (tmp_path / "out" / "glue_tiny.md").read_text()
+    assert "| lntune | 10 (10.10%) | 0.01 | mean | 60.0 ± 0.0 (n=2)" in (tmp_path / "out" / "glue_tiny.md").read_text()
+    # a pair-pooled seed next to mean-pooled ones is refused too
+    path = runs_dir / "rte" / "lntune" / "seed2"
+    path.mkdir()
+    (path / "all_results.json").write_text(json.dumps(base | {"seed": 2, "pooling": "pair"}))
+    with pytest.raises(ValueError, match=r"rte/lntune: the runs differ in \{'pooling': \['mean', 'pair'\]\}"):
+        sweep.main(argv)
+
+
+def test_sweep_table_says_which_pooling_each_task_used() -> None:
+    assert sweep.pooling_text({"sst2": "mean", "cola": "mean"}) == "mean"
+    pooling = {"sst2": "mean", "cola": "mean", "mrpc": "pair", "rte": "pair", "stsb": "pair"}
+    assert sweep.pooling_text(pooling) == "pair; mean on SST-2, CoLA"
+    assert sweep.pooling_text({}) == "n/a"
 
 
 def test_head_learning_rate_gets_its_own_optimizer_groups(tiny_bert: Path) -> None:

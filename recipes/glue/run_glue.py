@@ -143,7 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="How the classifier pools the tokens: 'cls' (the model's own [CLS]/pooler head), 'mean' (masked mean of "
         "the token states, lntune.use_mean_pooling), 'pair' (sentence-pair tasks: each sentence encoded alone and "
         "mean-pooled, the classifier reads [u, v, |u-v|, u*v], lntune.use_pair_pooling), or 'auto': the pooling a "
-        "sentence-transformers checkpoint was trained with (its 1_Pooling/config.json), else 'cls'.",
+        "sentence-transformers checkpoint was trained with (its 1_Pooling/config.json), else 'cls'; for a mean-pooling "
+        "checkpoint the norm-tuning methods use 'pair' on sentence-pair tasks (recipes/glue/README.md, Defaults).",
     )
     parser.add_argument(
         "--validation_split_percentage",
@@ -207,10 +208,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.num_train_epochs = method.num_train_epochs
     if args.warmup_ratio is None:
         args.warmup_ratio = method.warmup_ratio
-    if args.pooling == "auto":
-        args.pooling = checkpoint_pooling(args.model) or "cls"
-    if args.pooling == "pair" and len(TASKS[args.task].text_keys) != 2:
-        parser.error(f"--pooling pair needs a sentence-pair task; {args.task} has one sentence: use --pooling mean")
+    try:
+        args.pooling = resolve_pooling(args.pooling, args.model, args.task, args.method)
+    except ValueError as error:
+        parser.error(str(error))
     if not 0.0 <= args.warmup_ratio < 1.0:
         parser.error(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio}")
     if args.fisher_warmup_steps < 0:
@@ -226,6 +227,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers that main() uses
+
+
+def resolve_pooling(pooling: str, model: str, task: str, method: str) -> str:
+    """The pooling a run of `method` on `task` uses for ``--pooling`` (search.py names its run folders by it).
+
+    'auto' takes the checkpoint's own pooling (its sentence-transformers 1_Pooling config), else 'cls'; on a
+    sentence-pair task a mean-pooling checkpoint is pair-pooled for the methods whose ``Method.pair_pooling`` is set
+    (the norm-tuning methods: see glue_methods.METHODS). Raises ValueError for 'pair' on a single-sentence task."""
+    pair_task = len(TASKS[task].text_keys) == 2
+    if pooling == "auto":
+        pooling = checkpoint_pooling(model) or "cls"
+        if pooling == "mean" and pair_task and METHODS[method].pair_pooling:
+            pooling = "pair"
+    if pooling == "pair" and not pair_task:
+        raise ValueError(f"--pooling pair needs a sentence-pair task; {task} has one sentence: use --pooling mean")
+    return pooling
 
 
 def load_model(model_name: str, task: str, seed: int, pooling: str = "cls") -> tuple[nn.Module, list[str]]:

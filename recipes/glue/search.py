@@ -238,8 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     load_runs(args.runs_dir, args.model)  # refuse a folder of another model before running anything
     failures = 0
     for method in args.methods:
-        for setting in settings(args, method):
+        for requested in settings(args, method):
             for task in args.tasks:
+                try:  # name the folder by the pooling the run uses ('auto' resolves per task and method)
+                    setting = (run_glue.resolve_pooling(requested[0], args.model, task, method), *requested[1:])
+                except ValueError as error:
+                    logger.warning(f"skipping {task}/{method}: {error}")
+                    continue
                 for seed in range(args.seeds):
                     run_dir = args.runs_dir / task / method / setting_name(*setting) / f"seed{seed}"
                     if (run_dir / "all_results.json").exists() or args.report_only:

@@ -219,7 +219,15 @@ def summarize(runs: list[dict[str, Any]], tasks: list[str], methods: list[str]) 
     """Per method: per-task lists of the primary metric (best and last epoch), params, time per epoch."""
     out: dict[str, dict[str, Any]] = {}
     for method in methods:
-        cell: dict[str, Any] = {"best": {}, "last": {}, "time": {}, "params": {}, "total": {}, "lr": set()}
+        cell: dict[str, Any] = {
+            "best": {},
+            "last": {},
+            "time": {},
+            "params": {},
+            "total": {},
+            "lr": set(),
+            "pooling": {},
+        }
         for task in tasks:
             key = run_glue.PRIMARY_METRIC[task]
             mine = [r for r in runs if r.get("method") == method and r.get("task") == task and "error" not in r]
@@ -229,6 +237,7 @@ def summarize(runs: list[dict[str, Any]], tasks: list[str], methods: list[str]) 
             cell["time"][task] = [r["train_time_per_epoch_s"] for r in mine]
             cell["lr"].update(r["learning_rate"] for r in mine)
             if mine:
+                cell["pooling"][task] = mine[0].get("pooling", SETTING_KEYS["pooling"])
                 cell["params"][task] = mine[0]["trainable_params"]
                 cell["total"][task] = mine[0]["total_params"]
         out[method] = cell
@@ -240,12 +249,21 @@ def _mean(values: list[float | None]) -> float | None:
     return statistics.mean(values) if values else None
 
 
+def pooling_text(pooling: dict[str, str]) -> str:
+    """A method's pooling per task, short: "mean", or "mean; pair on MRPC, RTE" when the tasks differ."""
+    if not pooling:
+        return "n/a"
+    kinds = sorted(set(pooling.values()), key=lambda k: -list(pooling.values()).count(k))
+    others = [f"{k} on {', '.join(TASK_LABELS.get(t, t) for t, v in pooling.items() if v == k)}" for k in kinds[1:]]
+    return "; ".join([kinds[0], *others])
+
+
 def markdown_table(summary: dict[str, dict[str, Any]], tasks: list[str], which: str = "best", seeds: int = 1) -> str:
     """Markdown table: one row per method, one column per task (primary metric x100), average, params, time."""
-    header = ["Method", "Trainable params", "LR"]
+    header = ["Method", "Trainable params", "LR", "Pooling"]
     header += [f"{TASK_LABELS.get(t, t)} ({METRIC_LABELS[run_glue.PRIMARY_METRIC[t]]})" for t in tasks]
     header += ["Avg", "Avg − full", "Time/epoch vs full"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(tasks) + 3)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 4 + "---:|" * (len(tasks) + 3)]
     full = summary.get("full")
 
     def average(cell: dict[str, Any]) -> float | None:
@@ -271,7 +289,11 @@ def markdown_table(summary: dict[str, dict[str, Any]], tasks: list[str], which: 
         else:
             seconds = [s for t in tasks for s in cell["time"][t]]
             time_text = f"{statistics.mean(seconds):.1f}s" if seconds else "n/a"
-        row = [method, params_text, lr] + [_fmt(cell[which][t], seeds) for t in tasks] + [avg, gap, time_text]
+        row = (
+            [method, params_text, lr, pooling_text(cell["pooling"])]
+            + [_fmt(cell[which][t], seeds) for t in tasks]
+            + [avg, gap, time_text]
+        )
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -307,6 +329,8 @@ def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], failures:
         f'- metric: {metrics}, x100; "best" = best dev epoch (what papers report), "last" = last epoch',
         "- trainable params: with the task's new classification head (first task's head); time per epoch: mean over "
         "tasks of the ratio to full fine-tuning on the same task",
+        "- pooling: 'cls' = the model's [CLS] pooler, 'mean' = masked mean of the tokens, 'pair' = each sentence of a "
+        "pair encoded alone and mean-pooled, the head reads [u, v, |u-v|, u*v] (lntune.use_pair_pooling)",
         f"- machine: {machine()}",
         "",
         "## Best epoch",
