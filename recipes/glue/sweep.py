@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +254,7 @@ def pooling_text(pooling: dict[str, str]) -> str:
     """A method's pooling per task, short: "mean", or "mean; pair on MRPC, RTE" when the tasks differ."""
     if not pooling:
         return "n/a"
-    kinds = sorted(set(pooling.values()), key=lambda k: -list(pooling.values()).count(k))
+    kinds = [k for k, _ in Counter(pooling.values()).most_common()]  # most used first; ties in task order
     others = [f"{k} on {', '.join(TASK_LABELS.get(t, t) for t, v in pooling.items() if v == k)}" for k in kinds[1:]]
     return "; ".join([kinds[0], *others])
 
