@@ -29,6 +29,9 @@ import run_glue  # noqa: E402
 import search  # noqa: E402
 import sweep  # noqa: E402
 
+sys.path.insert(0, str(RECIPE_DIR / "experiments"))
+import cola_domains  # noqa: E402
+
 HIDDEN, LAYERS, INTERMEDIATE = 32, 2, 37
 NUM_NORMS = 1 + 2 * LAYERS  # embeddings.LayerNorm + attention/output LayerNorm per layer
 RESULT_KEYS = {
@@ -545,3 +548,47 @@ def test_fisher_subset_with_pair_pooling(tiny_bert: Path) -> None:
     """The Fisher subset scores through both encoder passes (tests/fisher checks the scores against the reference)."""
     results = run_glue.main(_argv(tiny_bert, "mrpc", "lntune-fisher", None, "--pooling", "pair"))
     assert results["pooling"] == "pair" and results["fisher_selected"] > 0
+
+
+def test_saved_predictions_split_cola_by_domain(tiny_bert: Path, tmp_path: Path) -> None:
+    # a CoLA copy whose dev set has one source the training set has (gj04) and one it has not (zz99)
+    data = tmp_path / "glue" / "cola"
+    data.mkdir(parents=True)
+    shutil.copy(TINY_DIR / "cola" / "train.tsv", data / "train.tsv")
+    dev = [
+        ("gj04", 1, "She read the book."),
+        ("gj04", 0, "Book the read."),
+        ("zz99", 1, "He ran."),
+        ("zz99", 0, "Ran he the."),
+    ]
+    (data / "dev.tsv").write_text("".join(f"{s}\t{y}\t{'' if y else '*'}\t{t}\n" for s, y, t in dev))
+    out = tmp_path / "runs" / "cola" / "lntune" / "seed0"
+    argv = _argv(tiny_bert, "cola", "lntune", out, "--save_predictions", epochs="2")
+    argv[argv.index("--data_dir") + 1] = str(data.parent)
+    results = run_glue.main(argv)
+    saved = json.loads((out / "eval_predictions.json").read_text())
+    assert saved["idx"] == [0, 1, 2, 3] and saved["labels"] == [1, 0, 1, 0] and saved["evaluated_on"] == "dev"
+    assert saved["best_epoch"] == results["best_epoch"] and len(saved["best"]) == len(saved["last"]) == 4
+    # the predictions are what the run scored: its last-epoch MCC recomputed from them
+    mcc = run_glue.glue_metric("cola", saved["last"], saved["labels"])["matthews_correlation"]
+    assert mcc == pytest.approx(results["eval_matthews_correlation_last"])
+
+    masks = cola_domains.domain_masks(data.parent)
+    assert masks["in-domain"].tolist() == [True, True, False, False]
+    labels = cola_domains.np.array([1, 0, 1, 0])
+    # right on the in-domain pair, wrong on the out-of-domain one: +100 / -100 / 0 overall
+    fake = {**saved, "best": [1, 0, 0, 1], "last": [1, 0, 0, 1]}
+    scores = cola_domains.run_scores(fake, masks, labels)
+    assert scores["last"] == {"all": 0.0, "in-domain": 100.0, "out-of-domain": -100.0}
+    text = cola_domains.main(["--runs_dir", str(tmp_path / "runs"), "--data_dir", str(data.parent)])
+    assert "| lntune | 1 | last |" in text and "2 in-domain" in text and "2 out-of-domain" in text
+
+    # a run that scored a subset of the dev set, or another copy of it, is refused
+    with pytest.raises(ValueError, match="without --max_eval_samples"):
+        cola_domains.run_scores({**fake, "idx": [0, 1], "best": [1, 0], "last": [1, 0]}, masks, labels)
+    with pytest.raises(ValueError, match="labels do not match"):
+        cola_domains.run_scores({**fake, "labels": [0, 0, 1, 0]}, masks, labels)
+    with pytest.raises(SystemExit, match="--save_predictions"):
+        cola_domains.main(["--runs_dir", str(tmp_path / "empty"), "--data_dir", str(data.parent)])
+    with pytest.raises(SystemExit):  # --save_predictions needs somewhere to write
+        run_glue.main(_argv(tiny_bert, "cola", "lntune", None, "--save_predictions"))

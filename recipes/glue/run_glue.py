@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 import transformers
 from accelerate import Accelerator
@@ -187,6 +188,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--cpu", action="store_true", help="Run on CPU even if an accelerator is available.")
     parser.add_argument("--no_save_model", action="store_true", help="Write all_results.json but no weights.")
+    parser.add_argument(
+        "--save_predictions",
+        action="store_true",
+        help="Also write eval_predictions.json: the best and the last epoch's prediction for every evaluated example, "
+        "with its row in the TSV (idx), for per-example analysis (recipes/glue/experiments/cola_domains.py).",
+    )
     args = parser.parse_args(argv)
 
     # Sanity checks
@@ -197,6 +204,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.save_predictions and args.output_dir is None:
+        parser.error("--save_predictions writes eval_predictions.json into --output_dir: pass --output_dir")
     if args.gradient_accumulation_steps < 1:
         parser.error(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
     if args.validation_split_percentage is not None and not 0.0 < args.validation_split_percentage < 100.0:
@@ -306,9 +315,9 @@ def optimizer_groups(
 
 def evaluate(
     model: nn.Module, loader: DataLoader, accelerator: Accelerator, task: str
-) -> tuple[dict[str, float], int]:
-    """The task's GLUE metrics over the whole (sharded) validation loader, and the number of predictions scored
-    (gather_for_metrics drops the samples the sampler repeated to even out the shards)."""
+) -> tuple[dict[str, float], np.ndarray]:
+    """The task's GLUE metrics over the whole (sharded) validation loader, and the predictions scored, in the
+    loader's order (gather_for_metrics drops the samples the sampler repeated to even out the shards)."""
     model.eval()
     predictions, references = [], []
     for batch in loader:
@@ -319,7 +328,7 @@ def evaluate(
         predictions.append(preds.float().cpu() if TASKS[task].is_regression else preds.cpu())
         references.append(refs.cpu())
     predictions, references = torch.cat(predictions).numpy(), torch.cat(references).numpy()
-    return glue_metric(task, predictions, references), len(predictions)
+    return glue_metric(task, predictions, references), predictions
 
 
 def _score(metrics: dict[str, float], key: str) -> float:
@@ -393,6 +402,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             preprocess, batched=True, remove_columns=raw["train"].column_names, desc="Running tokenizer on dataset"
         )
     train_dataset, eval_dataset = processed["train"], processed["validation"]
+    eval_idx = list(raw["validation"]["idx"])  # row of each evaluated example in its TSV (for --save_predictions)
     for index in random.sample(range(len(train_dataset)), min(3, len(train_dataset))):
         logger.info(f"sample {index} of the training set: {train_dataset[index]}.")
 
@@ -464,6 +474,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logger.info(f"  Total optimization steps = {max_train_steps}")
     progress_bar = tqdm(range(max_train_steps), disable=not accelerator.is_local_main_process)
     history: list[dict[str, Any]] = []
+    epoch_predictions: list[np.ndarray] = []
     train_time = 0.0
     for epoch in range(args.num_train_epochs):
         model.train()
@@ -484,7 +495,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_time += time.perf_counter() - start
         train_loss = accelerator.reduce(loss_sum, reduction="mean").item() / max(num_batches, 1)
 
-        metrics, num_eval_predictions = evaluate(model, eval_loader, accelerator, args.task)
+        metrics, predictions = evaluate(model, eval_loader, accelerator, args.task)
+        num_eval_predictions = len(predictions)
+        epoch_predictions.append(predictions)
         history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
         logger.info(f"epoch {epoch}: train_loss {train_loss:.4f}, {metrics}")
     progress_bar.close()
@@ -532,6 +545,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             unwrapped.save_pretrained(str(output_dir), is_main_process=accelerator.is_main_process)
             if accelerator.is_main_process and not method.is_peft:
                 tokenizer.save_pretrained(str(output_dir))
+        if accelerator.is_main_process and args.save_predictions:
+            # per-example analysis (e.g. CoLA's in-domain vs out-of-domain dev sentences): rows of the TSV the
+            # evaluation read (`idx`: the dev file, or the training file under --validation_split_percentage)
+            write_json(
+                output_dir / "eval_predictions.json",
+                {
+                    "task": args.task,
+                    "evaluated_on": results["evaluated_on"],
+                    "idx": eval_idx,
+                    "labels": list(eval_dataset["labels"]),
+                    "best_epoch": best,
+                    "best": epoch_predictions[best].tolist(),
+                    "last": epoch_predictions[-1].tolist(),
+                },
+                indent=None,
+            )
         if accelerator.is_main_process:
             write_json(output_dir / "all_results.json", results)
             logger.info(f"wrote all_results.json and the {'adapter' if method.is_peft else 'model'} to {output_dir}")
