@@ -590,5 +590,9 @@ def test_saved_predictions_split_cola_by_domain(tiny_bert: Path, tmp_path: Path)
         cola_domains.run_scores({**fake, "labels": [0, 0, 1, 0]}, masks, labels)
     with pytest.raises(SystemExit, match="--save_predictions"):
         cola_domains.main(["--runs_dir", str(tmp_path / "empty"), "--data_dir", str(data.parent)])
+    with pytest.raises(SystemExit, match="in two folders"):  # one seed counted once
+        cola_domains.main(
+            ["--runs_dir", str(tmp_path / "runs"), str(tmp_path / "runs"), "--data_dir", str(data.parent)]
+        )
     with pytest.raises(SystemExit):  # --save_predictions needs somewhere to write
         run_glue.main(_argv(tiny_bert, "cola", "lntune", None, "--save_predictions"))

@@ -4,8 +4,11 @@
     python recipes/glue/sweep.py --tasks cola --methods full lntune --seeds 3 --data_dir ../shared/data/glue \\
         --max_train_samples 4000 --runs_dir results/runs/glue_minilm_4k_preds --name minilm_4k \\
         --out results/tmp/sweep_preds --run_args --save_predictions
+    python recipes/glue/sweep.py --tasks cola --methods bitfit lora --seeds 1 --data_dir ../shared/data/glue \\
+        --max_train_samples 4000 --runs_dir results/runs/glue_minilm_4k --name minilm_4k \\
+        --out results/tmp/sweep_bitfit_lora --run_args --save_predictions
     python recipes/glue/experiments/cola_domains.py --runs_dir results/runs/glue_minilm_4k_preds \\
-        --data_dir ../shared/data/glue --out results/glue_cola_domains_minilm_4k.md
+        results/runs/glue_minilm_4k --data_dir ../shared/data/glue --out results/glue_cola_domains_minilm_4k.md
 
 GLUE's CoLA dev file joins two sets of the corpus (Warstadt et al. 2019): the in-domain dev set, drawn from the same
 17 linguistics publications as the training set, and the out-of-domain dev set, from 6 others. A dev sentence counts
@@ -80,30 +83,35 @@ def _cell(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description="CoLA dev MCC per domain (in / out of the training sources).")
-    parser.add_argument("--runs_dir", type=Path, required=True, help="Sweep folder: cola/<method>/seed<k>/.")
+    parser.add_argument(
+        "--runs_dir", type=Path, nargs="+", required=True, help="Sweep folder(s): cola/<method>/seed<k>/."
+    )
     parser.add_argument("--data_dir", type=Path, required=True, help="Folder with cola/train.tsv and cola/dev.tsv.")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write (default: print only).")
     args = parser.parse_args(argv)
 
     masks = domain_masks(args.data_dir)
     dev_labels = np.array([label for _, label in read_sources(args.data_dir / "cola" / "dev.tsv")])
-    files = sorted((args.runs_dir / "cola").glob("*/seed*/eval_predictions.json"))
+    files = sorted(path for d in args.runs_dir for path in (d / "cola").glob("*/seed*/eval_predictions.json"))
     if not files:
         raise SystemExit(
-            f"no cola/<method>/seed*/eval_predictions.json under {args.runs_dir}: run the sweep with "
+            f"no cola/<method>/seed*/eval_predictions.json under {' '.join(map(str, args.runs_dir))}: run the sweep with "
             "--run_args --save_predictions first (see this file's docstring)"
         )
     per_method: dict[str, list[dict]] = {}
+    seen: dict[tuple[str, str], Path] = {}
     for path in files:
-        per_method.setdefault(path.parent.parent.name, []).append(
-            run_scores(json.loads(path.read_text()), masks, dev_labels)
-        )
+        method, seed = path.parent.parent.name, path.parent.name
+        if (method, seed) in seen:
+            raise SystemExit(f"{method} {seed} is in two folders ({seen[method, seed]} and {path}): pass one of them")
+        seen[method, seed] = path
+        per_method.setdefault(method, []).append(run_scores(json.loads(path.read_text()), masks, dev_labels))
 
     counts = {d: int(m.sum()) for d, m in masks.items()}
     lines = [
-        f"# CoLA dev MCC by domain: {args.runs_dir.name}",
+        "# CoLA dev MCC by domain",
         "",
-        f"- runs: `{args.runs_dir}` (each method's seeds; mean ± std x100); dev sentences: {counts['all']} = "
+        f"- runs: {', '.join(f'`{d}`' for d in args.runs_dir)} (each method's seeds; mean ± std x100); dev sentences: {counts['all']} = "
         f"{counts['in-domain']} in-domain (sources of the training set) + {counts['out-of-domain']} out-of-domain",
         f"- command: `python recipes/glue/experiments/cola_domains.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
         "",
