@@ -4,11 +4,8 @@
     python recipes/glue/sweep.py --tasks cola --methods full lntune --seeds 3 --data_dir ../shared/data/glue \\
         --max_train_samples 4000 --runs_dir results/runs/glue_minilm_4k_preds --name minilm_4k \\
         --out results/tmp/sweep_preds --run_args --save_predictions
-    python recipes/glue/sweep.py --tasks cola --methods bitfit lora --seeds 1 --data_dir ../shared/data/glue \\
-        --max_train_samples 4000 --runs_dir results/runs/glue_minilm_4k --name minilm_4k \\
-        --out results/tmp/sweep_bitfit_lora --run_args --save_predictions
     python recipes/glue/experiments/cola_domains.py --runs_dir results/runs/glue_minilm_4k_preds \\
-        results/runs/glue_minilm_4k --data_dir ../shared/data/glue --out results/glue_cola_domains_minilm_4k.md
+        --data_dir ../shared/data/glue --out results/glue_cola_domains_minilm_4k.md
 
 GLUE's CoLA dev file joins two sets of the corpus (Warstadt et al. 2019): the in-domain dev set, drawn from the same
 17 linguistics publications as the training set, and the out-of-domain dev set, from 6 others. A dev sentence counts
