@@ -301,7 +301,7 @@ def _read_tsv(spec: GlueTask, path: Path) -> dict[str, list[Any]]:
     return columns
 
 
-def _task_dir(data_dir: Path, spec: GlueTask) -> Path:
+def task_dir(data_dir: Path, spec: GlueTask) -> Path:
     """The task's folder under ``data_dir``: the first of ``spec.dir_names`` that holds the train file."""
     candidates = [data_dir / name for name in spec.dir_names]
     for cand in candidates:
@@ -364,16 +364,16 @@ def load_glue(
             f"(e.g. {data_dir / spec.dir_names[0] / spec.train_file}), or load from the Hub with "
             "load_glue_from_hub / --dataset_name glue."
         )
-    task_dir = _task_dir(data_dir, spec)
+    folder = task_dir(data_dir, spec)
     features = _features(spec)
     files = {"train": spec.train_file, **spec.dev_files}
-    missing = [str(task_dir / name) for name in files.values() if not (task_dir / name).is_file()]
+    missing = [str(folder / name) for name in files.values() if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"Missing {spec.name} file(s): {', '.join(missing)}.")
 
     splits: dict[str, datasets.Dataset] = {}
     for split, name in files.items():
-        ds = datasets.Dataset.from_dict(_read_tsv(spec, task_dir / name), features=features)
+        ds = datasets.Dataset.from_dict(_read_tsv(spec, folder / name), features=features)
         limit = max_train_samples if split == "train" else max_eval_samples
         splits[split] = _subsample(ds, limit, seed)
     if "validation" not in splits:

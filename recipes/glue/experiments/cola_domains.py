@@ -27,7 +27,7 @@ from statistics import mean, stdev
 
 import numpy as np
 
-from lntune.glue import glue_metric
+from lntune.glue import TASKS, glue_metric, task_dir
 from lntune.io import write_text
 
 DOMAINS = ("all", "in-domain", "out-of-domain")
@@ -39,11 +39,16 @@ def read_sources(tsv: Path) -> list[tuple[str, int]]:
         return [(row[0], int(row[1])) for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
 
 
+def cola_file(data_dir: Path, split: str) -> Path:
+    """CoLA's train or dev TSV under `data_dir`, in any folder layout `load_glue` reads (cola/ or CoLA/)."""
+    spec = TASKS["cola"]
+    return task_dir(Path(data_dir), spec) / (spec.train_file if split == "train" else spec.dev_files[split])
+
+
 def domain_masks(data_dir: Path) -> dict[str, np.ndarray]:
     """Boolean mask over the dev rows for each of `DOMAINS`; in-domain = the source also occurs in train.tsv."""
-    cola = data_dir / "cola"
-    train_sources = {source for source, _ in read_sources(cola / "train.tsv")}
-    dev = read_sources(cola / "dev.tsv")
+    train_sources = {source for source, _ in read_sources(cola_file(data_dir, "train"))}
+    dev = read_sources(cola_file(data_dir, "validation"))
     inside = np.array([source in train_sources for source, _ in dev])
     return {"all": np.ones_like(inside), "in-domain": inside, "out-of-domain": ~inside}
 
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
 
     masks = domain_masks(args.data_dir)
-    dev_labels = np.array([label for _, label in read_sources(args.data_dir / "cola" / "dev.tsv")])
+    dev_labels = np.array([label for _, label in read_sources(cola_file(args.data_dir, "validation"))])
     files = sorted(path for d in args.runs_dir for path in (d / "cola").glob("*/seed*/eval_predictions.json"))
     if not files:
         raise SystemExit(
