@@ -91,6 +91,7 @@ def _expected_trainable(method: str, num_labels: int) -> int:
         "lntune-random": -(-NUM_NORMS * norm // 5) + head,
         "bitfit": HIDDEN + LAYERS * per_layer_biases + HIDDEN + head,  # embedding LN bias, layers, pooler bias
         "lora": LAYERS * 2 * (8 * HIDDEN + HIDDEN * 8) + head,  # r=8 A and B on query and value
+        "lntune-lora": NUM_NORMS * norm + LAYERS * 2 * (2 * HIDDEN + HIDDEN * 2) + head,  # norms + r=2 on query, value
     }[method]
 
 
@@ -104,6 +105,7 @@ SMOKE = {
     "bitfit": "cola",
     "lora": "rte",
     "peft-ln": "mrpc",
+    "lntune-lora": "cola",
 }
 
 
