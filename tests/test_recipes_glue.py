@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers as tf
 from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file
 
 import lntune  # registers the method so PeftModel.from_pretrained can read lntune adapters
 import lntune.fisher
@@ -131,6 +132,9 @@ def test_method_smoke(tiny_bert: Path, tmp_path: Path, method: str) -> None:
         assert on_disk["trainable_params"] == _expected_trainable(method, spec.num_labels)
     if run_glue.METHODS[method].is_peft:
         assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "adapter_model.safetensors").exists()
+    if method == "lntune-lora":  # the saved adapter holds the trained norms and the low-rank factors
+        saved = load_file(tmp_path / "adapter_model.safetensors")
+        assert sum("LayerNorm" in k for k in saved) == 2 * NUM_NORMS and sum("lora_" in k for k in saved) == 4 * LAYERS
     if method in ("lntune-fisher", "lntune-random"):
         assert on_disk["fisher_warmup"]["steps"] == 100  # the head trains alone before selecting (default)
         assert sum(on_disk["fisher_selected_by_role"].values()) == on_disk["fisher_selected"]
