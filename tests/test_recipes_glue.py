@@ -366,6 +366,29 @@ def test_search_tabulates_resumes_and_refuses_bad_input(tiny_bert: Path, tmp_pat
         sweep.main([*sweep_argv, "--report_only", "--out", str(tmp_path / "sweep")])
 
 
+def test_lora_rank_option(tiny_bert: Path, tmp_path: Path, capsys) -> None:
+    """--lora_rank sets the rank of the LoRA part (alpha = 2r), is recorded, names the search folder, and is refused
+    for a method without LoRA."""
+    results = run_glue.main(_argv(tiny_bert, "rte", "lora", None, "--lora_rank", "4"))
+    assert results["lora_rank"] == 4
+    assert results["trainable_params"] == LAYERS * 2 * (4 * HIDDEN + HIDDEN * 4) + HIDDEN * 2 + 2
+    with pytest.raises(SystemExit):
+        run_glue.main(_argv(tiny_bert, "rte", "lntune", None, "--lora_rank", "4"))
+    assert "has no LoRA part" in capsys.readouterr().err
+    argv = ["--tasks", "rte", "--methods", "lntune-lora", "--lora_rank", "lntune-lora=1", "--epochs", "lntune-lora=1"]
+    argv += ["--pooling", "mean", "--model", str(tiny_bert), "--name", "tiny", "--data_dir", str(TINY_DIR)]
+    argv += ["--max_train_samples", "4", "--validation_split_percentage", "50", "--out", str(tmp_path)]
+    assert search.main(argv) == 0
+    run = json.loads(next((tmp_path / "tmp").rglob("all_results.json")).read_text())
+    assert (
+        run["lora_rank"] == 1
+        and "| lntune-lora | mean-lr0.002-ep1-r1 |" in (tmp_path / "glue_search_tiny.md").read_text()
+    )
+    with pytest.raises(SystemExit):
+        search.main([*argv, "--lora_rank", "bitfit=4"])
+    assert "'bitfit' has no LoRA part" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("task", ["stsb", "rte"])
 def test_head_start_options(tiny_bert: Path, task: str) -> None:
     extra = ["--head_bias_init", "prior", "--head_warmup_steps", "3"]

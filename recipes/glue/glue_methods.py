@@ -42,6 +42,7 @@ class BuildContext:
     train_dataset: datasets.Dataset
     collator: Callable
     info: dict[str, Any]  # builders put extra results here (e.g. Fisher timing); they end up in all_results.json
+    lora_rank: int | None = None  # --lora_rank, else the method's default (methods with a LoRA part only)
 
 
 def build_lntune(model: nn.Module, ctx: BuildContext, preset: str | None = None) -> nn.Module:
@@ -142,19 +143,21 @@ def build_bitfit(model: nn.Module, ctx: BuildContext) -> nn.Module:
 
 
 def build_lora(model: nn.Module, ctx: BuildContext) -> nn.Module:
-    """LoRA r=8, alpha=16, dropout 0.1 on the attention query/value projections (peft's GLUE example), plus the head."""
-    return comparisons.lora(model)
+    """LoRA r=8 (or ``--lora_rank``), alpha=2r, dropout 0.1 on the attention query/value projections (peft's GLUE
+    example: r=8, alpha=16), plus the head."""
+    return comparisons.lora(model, r=ctx.lora_rank, alpha=2 * ctx.lora_rank)
 
 
 def build_lntune_lora(model: nn.Module, ctx: BuildContext) -> nn.Module:
-    """Norms plus a rank-2 LoRA on the attention query/value projections, plus the head: the candidate design for the
+    """Norms plus a rank-2 (or ``--lora_rank``) LoRA, alpha=2r, on the attention query/value projections, plus the
+    head: the candidate design for the
     tasks where norms alone trail full fine-tuning (CoLA: the attention maps have to change, which norms and biases
     cannot do). peft's LoRA with every norm ``lntune.find_norms`` finds as a trained, saved module
     (``modules_to_save``): about a quarter of LoRA r=8's parameters on top of the norms'."""
     config = LoraConfig(
         task_type="SEQ_CLS",
-        r=2,
-        lora_alpha=4,
+        r=ctx.lora_rank,
+        lora_alpha=2 * ctx.lora_rank,
         lora_dropout=0.1,
         target_modules=comparisons.LORA_TARGETS,
         modules_to_save=[info.name for info in find_norms(model)],
@@ -183,6 +186,8 @@ class Method:
     # `--pooling auto` on a sentence-pair task of a mean-pooling checkpoint: encode each sentence alone ("pair") rather
     # than mean-pool the joint pair
     pair_pooling: bool = False
+    # the default rank of the method's LoRA part (``--lora_rank`` overrides it); None: the method has none
+    lora_rank: int | None = None
 
 
 # Defaults (see recipes/glue/README.md, "Defaults"). Full fine-tuning: lr 5e-5 for 4 epochs, the best mean held-out
@@ -212,7 +217,7 @@ METHODS: dict[str, Method] = {
     "lntune-random": Method(build_lntune_random, 1e-2, True, num_train_epochs=8, pair_pooling=True),
     "full": Method(build_full, 5e-5, False, num_train_epochs=4),
     "bitfit": Method(build_bitfit, 1e-3, False),
-    "lora": Method(build_lora, 5e-4, True),
-    "lntune-lora": Method(build_lntune_lora, 2e-3, True, num_train_epochs=8, pair_pooling=True),
+    "lora": Method(build_lora, 5e-4, True, lora_rank=8),
+    "lntune-lora": Method(build_lntune_lora, 2e-3, True, num_train_epochs=8, pair_pooling=True, lora_rank=2),
     "peft-ln": Method(build_peft_ln, 3e-3, True, num_train_epochs=8, pair_pooling=True),
 }

@@ -124,6 +124,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Peak learning rate of the task head's parameters (and of --head_warmup_steps); default: --learning_rate.",
     )
+    parser.add_argument(
+        "--lora_rank",
+        type=int,
+        default=None,
+        help="Rank of the LoRA part of lora / lntune-lora; default: the method's.",
+    )
     parser.add_argument("--weight_decay", type=float, default=0.0, help="Weight decay on matrices (dim >= 2) only.")
     parser.add_argument(
         "--num_train_epochs", type=int, default=None, help="Number of training epochs; default: the method's."
@@ -229,6 +235,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--head_learning_rate must be > 0, got {args.head_learning_rate}")
     if args.head_warmup_steps < 0:
         parser.error(f"--head_warmup_steps must be >= 0, got {args.head_warmup_steps}")
+    if args.lora_rank is not None:
+        if METHODS[args.method].lora_rank is None:
+            with_lora = [m for m, spec in METHODS.items() if spec.lora_rank is not None]
+            parser.error(f"--lora_rank: method {args.method!r} has no LoRA part; it applies to {with_lora}")
+        if args.lora_rank < 1:
+            parser.error(f"--lora_rank must be >= 1, got {args.lora_rank}")
     if not 0.0 < args.fisher_fraction <= 1.0:
         parser.error(f"--fisher_fraction must be in (0, 1], got {args.fisher_fraction}")
     return args
@@ -440,7 +452,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # Build the trainable model with the method's builder
     _, total_params = count_params(model)
-    model = method.build(model, BuildContext(args, accelerator, train_dataset, collator, info))
+    model = method.build(
+        model, BuildContext(args, accelerator, train_dataset, collator, info, args.lora_rank or method.lora_rank)
+    )
     trainable_params, _ = count_params(model)
     logger.info(
         f"method {args.method}: {trainable_params:,} trainable of {total_params:,} parameters "
@@ -527,6 +541,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         head_bias_init=args.head_bias_init,
         head_warmup_steps=args.head_warmup_steps,
         head_learning_rate=args.head_learning_rate,
+        lora_rank=args.lora_rank,  # None: the method's default
         evaluated_on="train_split" if args.validation_split_percentage is not None else "dev",
         validation_split_percentage=args.validation_split_percentage,
         per_device_train_batch_size=args.per_device_train_batch_size,

@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="run_glue's head learning rate, per setting (default: the method's learning rate).",
     )
+    parser.add_argument(
+        "--lora_rank", nargs="+", default=[], metavar="METHOD=R", help="LoRA rank per method with a LoRA part."
+    )
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--model", type=str, default=run_glue.default_model())
     parser.add_argument("--name", type=str, default=None)
@@ -95,6 +98,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for method, value in args.grid_epochs.items():
         if value < 1:
             parser.error(f"--epochs {method}={value}: must be >= 1")
+    args.grid_ranks = _per_method(args.lora_rank, "--lora_rank", int, parser)
+    for method, value in args.grid_ranks.items():
+        if run_glue.METHODS[method].lora_rank is None:
+            parser.error(f"--lora_rank {method}={value}: {method!r} has no LoRA part")
+        if value < 1:
+            parser.error(f"--lora_rank {method}={value}: must be >= 1")
     if any(steps < 0 for steps in args.head_warmup_steps):
         parser.error(f"--head_warmup_steps must be >= 0, got {args.head_warmup_steps}")
     if any(not lr > 0 for lr in args.head_learning_rate):
@@ -104,17 +113,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# pooling, learning rate, epochs, head bias init, head warm-up steps, head learning rate (None: the learning rate)
-Setting = tuple[str, float, int, str, int, float | None]
+# pooling, learning rate, epochs, head bias init, head warm-up steps, head learning rate (None: the learning rate),
+# LoRA rank (None: the method's)
+Setting = tuple[str, float, int, str, int, float | None, int | None]
 
 
 def settings(args: argparse.Namespace, method: str) -> list[Setting]:
-    """(pooling, learning rate, epochs, head bias init, head warm-up steps, head learning rate) of every run of
-    `method` in the grid."""
+    """(pooling, learning rate, epochs, head bias init, head warm-up steps, head learning rate, LoRA rank) of every
+    run of `method` in the grid."""
     lrs = args.grid_lrs.get(method) or [run_glue.METHODS[method].learning_rate]
     epochs = args.grid_epochs.get(method, run_glue.METHODS[method].num_train_epochs)
     return [
-        (pooling, lr, epochs, bias, warmup, head_lr)
+        (pooling, lr, epochs, bias, warmup, head_lr, args.grid_ranks.get(method))
         for pooling in args.pooling
         for lr in lrs
         for bias in args.head_bias_init
@@ -124,7 +134,13 @@ def settings(args: argparse.Namespace, method: str) -> list[Setting]:
 
 
 def setting_name(
-    pooling: str, lr: float, epochs: int, bias: str = "zero", warmup: int = 0, head_lr: float | None = None
+    pooling: str,
+    lr: float,
+    epochs: int,
+    bias: str = "zero",
+    warmup: int = 0,
+    head_lr: float | None = None,
+    rank: int | None = None,
 ) -> str:
     """Folder name of a setting; the head options appear only when they differ from run_glue's defaults."""
     name = f"{pooling}-lr{lr:g}-ep{epochs}"
@@ -134,11 +150,13 @@ def setting_name(
         name += f"-hw{warmup}"
     if head_lr is not None:
         name += f"-hlr{head_lr:g}"
+    if rank is not None:
+        name += f"-r{rank}"
     return name
 
 
 def run_one(args: argparse.Namespace, task: str, method: str, setting: Setting, seed: int, out: Path):
-    pooling, lr, epochs, bias, warmup, head_lr = setting
+    pooling, lr, epochs, bias, warmup, head_lr, rank = setting
     argv = [
         "--task",
         task,
@@ -159,6 +177,8 @@ def run_one(args: argparse.Namespace, task: str, method: str, setting: Setting, 
     argv += ["--head_bias_init", bias, "--head_warmup_steps", str(warmup)]
     if head_lr is not None:
         argv += ["--head_learning_rate", str(head_lr)]
+    if rank is not None:
+        argv += ["--lora_rank", str(rank)]
     return run_glue.main(argv)
 
 

@@ -201,6 +201,7 @@ SETTING_KEYS = {
     "head_bias_init": "zero",
     "head_warmup_steps": 0,
     "head_learning_rate": None,
+    "lora_rank": None,
 }
 
 
