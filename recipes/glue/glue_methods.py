@@ -197,9 +197,10 @@ class Method:
 # for four epochs: 14.8 MCC vs 17.2, full fine-tuning 18.2). lntune-fisher: lr 1e-2 for 8 epochs, its own search on
 # the same four held-out splits (3e-3: 64.1, 1e-2: 65.5, mean last-epoch score; 1e-2 is higher on all four tasks);
 # lntune-random, its control, takes the same values. lntune-output and peft-ln take lntune's (not searched
-# separately yet). BitFit and LoRA keep the literature values until the search
-# covers them: 1e-3 for BitFit (its paper searched 1e-4..1e-3), 5e-4 for LoRA (the LoRA paper's RoBERTa-base GLUE
-# range is 4e-4..5e-4), 3 epochs.
+# separately yet). LoRA: lr 2e-3 for 8 epochs, from the same held-out search (2e-3: CoLA 23.0, SST-2 86.0, MRPC 83.9,
+# STS-B 84.3; the literature's 5e-4, the LoRA paper's RoBERTa-base GLUE range 4e-4..5e-4, is lower on the two tasks it
+# ran, CoLA 15.4 and SST-2 85.5, and at 3 epochs it stays at the majority class on CoLA dev). BitFit keeps the
+# literature value until the search covers it: 1e-3 (its paper searched 1e-4..1e-3), 3 epochs.
 # lntune-lora (norms + rank-2 LoRA on query/value), the candidate design for CoLA: LoRA's held-out CoLA rate 2e-3 and
 # lntune's 8 epochs and pooling; measured on CoLA only so far, not searched.
 # Pooling on sentence-pair tasks of a mean-pooling (bi-encoder) checkpoint: the norm-tuning methods encode each
@@ -217,7 +218,7 @@ METHODS: dict[str, Method] = {
     "lntune-random": Method(build_lntune_random, 1e-2, True, num_train_epochs=8, pair_pooling=True),
     "full": Method(build_full, 5e-5, False, num_train_epochs=4),
     "bitfit": Method(build_bitfit, 1e-3, False),
-    "lora": Method(build_lora, 5e-4, True, lora_rank=8),
+    "lora": Method(build_lora, 2e-3, True, num_train_epochs=8, lora_rank=8),
     "lntune-lora": Method(build_lntune_lora, 2e-3, True, num_train_epochs=8, pair_pooling=True, lora_rank=2),
     "peft-ln": Method(build_peft_ln, 3e-3, True, num_train_epochs=8, pair_pooling=True),
 }
