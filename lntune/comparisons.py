@@ -42,9 +42,23 @@ def ln_floor(model: nn.Module) -> nn.Module:
     return model
 
 
-def lora(model: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.1) -> nn.Module:
-    """peft LoRA on the attention query/value projections (peft's GLUE example settings), plus the head."""
-    config = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS)
+def lora(
+    model: nn.Module,
+    r: int = 8,
+    alpha: int | None = None,
+    dropout: float = 0.1,
+    modules_to_save: list[str] | None = None,
+) -> nn.Module:
+    """peft LoRA on the attention query/value projections (peft's GLUE example settings: r=8, alpha=2r=16), plus the
+    head and any `modules_to_save` (trained and saved whole)."""
+    config = LoraConfig(
+        task_type="SEQ_CLS",
+        r=r,
+        lora_alpha=2 * r if alpha is None else alpha,
+        lora_dropout=dropout,
+        target_modules=LORA_TARGETS,
+        modules_to_save=modules_to_save,
+    )
     return get_peft_model(model, config)
 
 

@@ -18,7 +18,7 @@ import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -145,24 +145,15 @@ def build_bitfit(model: nn.Module, ctx: BuildContext) -> nn.Module:
 def build_lora(model: nn.Module, ctx: BuildContext) -> nn.Module:
     """LoRA r=8 (or ``--lora_rank``), alpha=2r, dropout 0.1 on the attention query/value projections (peft's GLUE
     example: r=8, alpha=16), plus the head."""
-    return comparisons.lora(model, r=ctx.lora_rank, alpha=2 * ctx.lora_rank)
+    return comparisons.lora(model, r=ctx.lora_rank)
 
 
 def build_lntune_lora(model: nn.Module, ctx: BuildContext) -> nn.Module:
-    """Norms plus a rank-2 (or ``--lora_rank``) LoRA, alpha=2r, on the attention query/value projections, plus the
-    head: the candidate design for the
-    tasks where norms alone trail full fine-tuning (CoLA: the attention maps have to change, which norms and biases
-    cannot do). peft's LoRA with every norm ``lntune.find_norms`` finds as a trained, saved module
-    (``modules_to_save``): about a quarter of LoRA r=8's parameters on top of the norms'."""
-    config = LoraConfig(
-        task_type="SEQ_CLS",
-        r=ctx.lora_rank,
-        lora_alpha=2 * ctx.lora_rank,
-        lora_dropout=0.1,
-        target_modules=comparisons.LORA_TARGETS,
-        modules_to_save=[info.name for info in find_norms(model)],
-    )
-    return get_peft_model(model, config)
+    """Norms plus a rank-2 (or ``--lora_rank``) LoRA on the attention query/value projections, plus the head: the
+    candidate design for tasks where norms alone trail full fine-tuning (CoLA: the attention maps have to change,
+    which norms and biases cannot do). peft's LoRA with every norm ``lntune.find_norms`` finds as a trained, saved
+    module (``modules_to_save``): about a quarter of LoRA r=8's parameters on top of the norms'."""
+    return comparisons.lora(model, r=ctx.lora_rank, modules_to_save=[info.name for info in find_norms(model)])
 
 
 def build_peft_ln(model: nn.Module, ctx: BuildContext) -> nn.Module:
