@@ -190,8 +190,10 @@ class Method:
 # lntune-random, its control, takes the same values. lntune-output and peft-ln take lntune's (not searched
 # separately yet). LoRA: lr 2e-3 for 8 epochs, from the same held-out search (2e-3: CoLA 23.0, SST-2 86.0, MRPC 83.9,
 # STS-B 84.3; the literature's 5e-4, the LoRA paper's RoBERTa-base GLUE range 4e-4..5e-4, is lower on the two tasks it
-# ran, CoLA 15.4 and SST-2 85.5, and at 3 epochs it stays at the majority class on CoLA dev). BitFit keeps the
-# literature value until the search covers it: 1e-3 (its paper searched 1e-4..1e-3), 3 epochs.
+# ran, CoLA 15.4 and SST-2 85.5, and at 3 epochs it stays at the majority class on CoLA dev). BitFit: lr 3e-3 for 8
+# epochs, from the same held-out protocol on CoLA and SST-2 only (3e-3: CoLA 18.6, SST-2 84.9, mean 51.8; the
+# paper's upper end 1e-3: 15.0 and 86.5, mean 50.8; MRPC and STS-B not searched); at its former 1e-3 x 3 epochs it
+# stayed near the majority class on CoLA dev (4.6 MCC).
 # lntune-lora (norms + rank-2 LoRA on query/value), the candidate design for CoLA: LoRA's held-out CoLA rate 2e-3 and
 # lntune's 8 epochs and pooling; measured on CoLA only so far, not searched.
 # Pooling on sentence-pair tasks of a mean-pooling (bi-encoder) checkpoint: the norm-tuning methods encode each
@@ -201,14 +203,14 @@ class Method:
 # results/glue_probe_minilm_4k.md). lntune-output, lntune-random and peft-ln follow lntune (same family, not searched
 # separately). Full fine-tuning keeps the joint pair: with pair pooling its wide new head needs its own rate (56.8 on
 # held-out RTE at 5e-5), and with --head_learning_rate 1e-3 it is level with the joint pair (RTE 63.5 vs 62.7, STS-B
-# 84.9 vs 84.7, one seed: within noise). BitFit and LoRA keep it until the search covers them.
+# 84.9 vs 84.7, one seed: within noise). BitFit and LoRA keep it too (their searches ran with it).
 METHODS: dict[str, Method] = {
     "lntune": Method(build_lntune, 3e-3, True, num_train_epochs=8, pair_pooling=True),
     "lntune-output": Method(build_lntune_output, 3e-3, True, num_train_epochs=8, pair_pooling=True),
     "lntune-fisher": Method(build_lntune_fisher, 1e-2, True, num_train_epochs=8, pair_pooling=True),
     "lntune-random": Method(build_lntune_random, 1e-2, True, num_train_epochs=8, pair_pooling=True),
     "full": Method(build_full, 5e-5, False, num_train_epochs=4),
-    "bitfit": Method(build_bitfit, 1e-3, False),
+    "bitfit": Method(build_bitfit, 3e-3, False, num_train_epochs=8),
     "lora": Method(build_lora, 2e-3, True, num_train_epochs=8, lora_rank=8),
     "lntune-lora": Method(build_lntune_lora, 2e-3, True, num_train_epochs=8, pair_pooling=True, lora_rank=2),
     "peft-ln": Method(build_peft_ln, 3e-3, True, num_train_epochs=8, pair_pooling=True),
