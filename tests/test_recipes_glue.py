@@ -625,3 +625,11 @@ def test_saved_predictions_split_cola_by_domain(tiny_bert: Path, tmp_path: Path)
         )
     with pytest.raises(SystemExit):  # --save_predictions needs somewhere to write
         run_glue.main(_argv(tiny_bert, "cola", "lntune", None, "--save_predictions"))
+
+
+def test_sweep_table_counts_params_on_the_first_task_a_method_ran() -> None:
+    """A method with no run on the first listed task still gets its parameter count (from the next task it ran)."""
+    run = {"method": "bitfit", "task": "cola", "eval_matthews_correlation": 0.2, "eval_matthews_correlation_last": 0.1}
+    run |= {"train_time_per_epoch_s": 1.0, "learning_rate": 3e-3, "trainable_params": 265, "total_params": 1000}
+    summary = sweep.summarize([run], ["sst2", "cola"], ["bitfit"])
+    assert "| bitfit | 265 (26.50%) | 0.003 |" in sweep.markdown_table(summary, ["sst2", "cola"])

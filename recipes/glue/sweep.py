@@ -278,8 +278,9 @@ def markdown_table(summary: dict[str, dict[str, Any]], tasks: list[str], which: 
         avg = _fmt([mean_avg]) if mean_avg is not None else "n/a"
         gap = f"{100 * (mean_avg - full_avg):+.1f}" if mean_avg is not None and full_avg is not None else "n/a"
         lr = ", ".join(f"{v:g}" for v in sorted(cell["lr"])) or "n/a"
-        params = cell["params"].get(tasks[0]) if cell["params"] else None
-        total = cell["total"].get(tasks[0]) if cell["total"] else None
+        # the first listed task with a run (heads differ between tasks: label count, pair pooling)
+        head_task = next((t for t in tasks if t in cell["params"]), None)
+        params, total = cell["params"].get(head_task), cell["total"].get(head_task)
         params_text = f"{_params(params)} ({100 * params / total:.2f}%)" if params and total else "n/a"
         ratios = []
         for t in tasks:
@@ -329,8 +330,8 @@ def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], failures:
         f"{args.max_seq_length}; batch size {args.per_device_train_batch_size}; {args.seeds} seed(s) "
         f"(mean ± std over seeds when > 1)",
         f'- metric: {metrics}, x100; "best" = best dev epoch (what papers report), "last" = last epoch',
-        "- trainable params: with the task's new classification head (first task's head); time per epoch: mean over "
-        "tasks of the ratio to full fine-tuning on the same task",
+        "- trainable params: with the task's new classification head (the first listed task that has a run); "
+        "time per epoch: mean over tasks of the ratio to full fine-tuning on the same task",
         "- pooling: 'cls' = the model's [CLS] pooler, 'mean' = masked mean of the tokens, 'pair' = each sentence of a "
         "pair encoded alone and mean-pooled, the head reads [u, v, |u-v|, u*v] (lntune.use_pair_pooling)",
         f"- machine: {machine()}",
