@@ -95,16 +95,24 @@ def atomic_directory(path: PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700 folders
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_directory(source: PathLike, path: PathLike) -> None:
+    """Put the finished folder `source` at `path` by renames (same file system): an existing `path` is moved aside
+    first and deleted only once `source` is in place, so `path` never holds a mix of the two. For folders that several
+    processes write (e.g. accelerate's `save_state`), where `atomic_directory`'s private temp folder does not fit."""
+    path = Path(path)
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(path, old)
+    os.replace(source, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

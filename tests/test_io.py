@@ -60,6 +60,18 @@ def test_atomic_directory_replaces_the_whole_folder_or_nothing(tmp_path) -> None
     ]
 
 
+def test_replace_directory_swaps_a_finished_folder_in(tmp_path) -> None:
+    from lntune.io import replace_directory
+
+    staging, target = tmp_path / ".staging", tmp_path / "checkpoint"
+    for text in ("1", "2"):
+        staging.mkdir()
+        (staging / f"{text}.txt").write_text(text)
+        replace_directory(staging, target)
+        assert [p.name for p in target.iterdir()] == [f"{text}.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
 def test_atomic_files_moves_each_file_into_place(tmp_path) -> None:
     from lntune.io import atomic_files
 

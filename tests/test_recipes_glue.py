@@ -298,6 +298,7 @@ def test_torchrun_two_processes(tiny_bert: Path, tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(RECIPE_DIR / "run_glue.py")]
     cmd += _argv(tiny_bert, "sst2", "lntune-fisher", tmp_path / "out", "--per_device_eval_batch_size", "1")
+    cmd += ["--checkpointing_steps", "epoch", "--resume_from_checkpoint", "auto"]  # both processes save the state
     cmd[cmd.index("--data_dir") + 1] = str(data)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
@@ -307,6 +308,7 @@ def test_torchrun_two_processes(tiny_bert: Path, tmp_path: Path) -> None:
     assert results["num_eval_predictions"] == results["num_eval_samples"] == 3  # no duplicate from uneven shards
     assert results["trainable_params"] == _expected_trainable("lntune-fisher", 2)
     assert (proc.stdout + proc.stderr).count("wrote all_results.json") == 1
+    assert not (tmp_path / "out" / "checkpoint").exists() and not list((tmp_path / "out").glob(".checkpoint*"))
 
 
 def test_method_defaults_apply_without_flags(tiny_bert: Path) -> None:
@@ -633,3 +635,72 @@ def test_sweep_table_counts_params_on_the_first_task_a_method_ran() -> None:
     run |= {"train_time_per_epoch_s": 1.0, "learning_rate": 3e-3, "trainable_params": 265, "total_params": 1000}
     summary = sweep.summarize([run], ["sst2", "cola"], ["bitfit"])
     assert "| bitfit | 265 (26.50%) | 0.003 |" in sweep.markdown_table(summary, ["sst2", "cola"])
+
+
+@pytest.mark.parametrize("method, task", [("lntune", "stsb"), ("full", "rte")])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, task: str
+) -> None:
+    """A run killed in epoch 1 and resumed from its epoch-0 checkpoint ends where the uninterrupted run ends (same
+    weights, optimizer, scheduler and shuffle), and a state saved under other settings is refused, not mixed in."""
+    extra = ["--per_device_train_batch_size", "1", "--save_predictions"]
+    extra += ["--checkpointing_steps", "epoch", "--resume_from_checkpoint", "auto"]
+    whole = run_glue.main(_argv(tiny_bert, task, method, tmp_path / "whole", *extra, epochs="3"))
+    assert not (tmp_path / "whole" / "checkpoint").exists()  # removed once the run is complete
+
+    evaluate, calls = run_glue.evaluate, []
+
+    def killed_in_epoch_1(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(run_glue, "evaluate", killed_in_epoch_1)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_glue.main(_argv(tiny_bert, task, method, tmp_path / "cut", *extra, epochs="3"))
+    monkeypatch.setattr(run_glue, "evaluate", evaluate)
+    checkpoint = tmp_path / "cut" / "checkpoint"
+    assert len(json.loads((checkpoint / "progress.json").read_text())["history"]) == 1
+    with pytest.raises(ValueError, match=r"other settings \(warmup_ratio: 0.06 there, 0.5 now\)"):
+        run_glue.main(_argv(tiny_bert, task, method, tmp_path / "cut", *extra, "--warmup_ratio", "0.5", epochs="3"))
+    resumed = run_glue.main(_argv(tiny_bert, task, method, tmp_path / "cut", *extra, epochs="3"))
+    assert resumed["resumed_after_epochs"] == 1 and not checkpoint.exists()
+    assert [h.pop("train_loss") for h in resumed["history"]] == pytest.approx(
+        [h.pop("train_loss") for h in whole["history"]]
+    )
+    assert resumed["history"] == whole["history"]
+    predictions = [json.loads((tmp_path / run / "eval_predictions.json").read_text()) for run in ("whole", "cut")]
+    assert predictions[0] == predictions[1]
+
+
+def test_checkpoint_flags_refuse_bad_input(tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        run_glue.parse_args(_argv(tiny_bert, "rte", "lntune", None, "--checkpointing_steps", "epoch"))
+    assert "use <output_dir>/checkpoint: pass --output_dir" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="no progress.json there; pass a folder written by"):
+        run_glue.main(_argv(tiny_bert, "rte", "lntune", tmp_path, "--resume_from_checkpoint", str(tmp_path / "x")))
+
+
+def test_sweep_continues_a_cut_run_from_its_last_epoch(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ["--tasks", "rte", "--methods", "lntune", "--seeds", "1", "--model", str(tiny_bert), "--name", "tiny"]
+    argv += ["--data_dir", str(TINY_DIR), "--num_train_epochs", "2", "--out", str(tmp_path), "--cpu"]
+    argv += ["--run_args", "--per_device_train_batch_size", "1"]
+    evaluate, calls = run_glue.evaluate, []
+
+    def killed_in_epoch_1(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(run_glue, "evaluate", killed_in_epoch_1)
+    assert sweep.main(argv) == 1  # the failure is reported, the epoch-0 state stays
+    monkeypatch.setattr(run_glue, "evaluate", evaluate)
+    assert sweep.main(argv) == 0
+    results = json.loads(
+        (tmp_path / "tmp" / "glue_tiny" / "rte" / "lntune" / "seed0" / "all_results.json").read_text()
+    )
+    assert results["resumed_after_epochs"] == 1 and len(results["history"]) == 2

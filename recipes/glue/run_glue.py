@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ from lntune.assets import minilm_dir_or_none
 from lntune.fisher import head_parameters, warm_up_head
 from lntune.glue import TASKS, glue_metric, load_glue, load_glue_from_hub
 from lntune.heads import init_head_bias
-from lntune.io import write_json
+from lntune.io import replace_directory, write_json
 from lntune.pooling import checkpoint_pooling, use_mean_pooling, use_pair_pooling
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -192,6 +193,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Train the new head alone for this many steps (backbone frozen, AdamW at --learning_rate) before the "
         "method's training starts (linear probe, then fine-tune), for every method.",
     )
+    parser.add_argument(
+        "--checkpointing_steps",
+        choices=["epoch"],
+        default=None,
+        help="'epoch': after every epoch save the training state (weights, optimizer, scheduler, RNG, the evaluations "
+        "so far) to <output_dir>/checkpoint, replacing the previous one; it is deleted once the run has finished.",
+    )
+    parser.add_argument(
+        "--resume_from_checkpoint",
+        type=str,
+        default=None,
+        help="Continue a run from a state saved by --checkpointing_steps epoch: its folder, or 'auto' for "
+        "<output_dir>/checkpoint when it exists (a fresh start when it does not). The run's settings must match.",
+    )
     parser.add_argument("--cpu", action="store_true", help="Run on CPU even if an accelerator is available.")
     parser.add_argument("--no_save_model", action="store_true", help="Write all_results.json but no weights.")
     parser.add_argument(
@@ -212,6 +227,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.save_predictions and args.output_dir is None:
         parser.error("--save_predictions writes eval_predictions.json into --output_dir: pass --output_dir")
+    if args.output_dir is None and (args.checkpointing_steps or args.resume_from_checkpoint == "auto"):
+        parser.error(
+            "--checkpointing_steps and --resume_from_checkpoint auto use <output_dir>/checkpoint: pass --output_dir"
+        )
     if args.gradient_accumulation_steps < 1:
         parser.error(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
     if args.validation_split_percentage is not None and not 0.0 < args.validation_split_percentage < 100.0:
@@ -323,6 +342,69 @@ def optimizer_groups(
             f"weight decay {group['weight_decay']}" + (f", lr {group['lr']:g}" if "lr" in group else "")
         )
     return groups
+
+
+# Run settings a resumed run may change: where it writes, what it keeps, how it evaluates, the device
+RESUME_FREE_ARGS = frozenset(
+    {"output_dir", "checkpointing_steps", "resume_from_checkpoint", "cpu", "no_save_model", "save_predictions"}
+    | {"per_device_eval_batch_size"}
+)
+PROGRESS_FILE = "progress.json"  # in a checkpoint: the run's settings and the evaluations so far
+LOADER_GENERATOR_FILE = "train_loader_generator.pt"  # the shuffle generator accelerate shares between processes
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings (as JSON values) a saved training state must share with the run that resumes it."""
+    return json.loads(json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE_ARGS}))
+
+
+def checkpoint_to_resume(args: argparse.Namespace, checkpoint_dir: Path | None) -> Path | None:
+    """The saved state `--resume_from_checkpoint` names, None for a fresh start ('auto' and no checkpoint yet)."""
+    if args.resume_from_checkpoint is None:
+        return None
+    if args.resume_from_checkpoint == "auto":
+        found = checkpoint_dir is not None and (checkpoint_dir / PROGRESS_FILE).is_file()
+        return checkpoint_dir if found else None
+    path = Path(args.resume_from_checkpoint)
+    if not (path / PROGRESS_FILE).is_file():
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {path}: no {PROGRESS_FILE} there; pass a folder written by "
+            "--checkpointing_steps epoch (<output_dir>/checkpoint), or 'auto'"
+        )
+    return path
+
+
+def read_progress(path: Path, args: argparse.Namespace, num_processes: int) -> dict[str, Any]:
+    """The progress saved in checkpoint `path`; refuses a state of a run with other settings (it would mix two runs)."""
+    progress = json.loads((path / PROGRESS_FILE).read_text())
+    saved, now = progress["settings"] | {"num_processes": progress["num_processes"]}, run_settings(args)
+    now["num_processes"] = num_processes
+    differ = {k: (saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)}
+    if differ:
+        text = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differ.items())
+        raise ValueError(
+            f"{path} holds the training state of a run with other settings ({text}); resume with the same settings, "
+            f"or delete {path} to start over"
+        )
+    return progress
+
+
+def save_checkpoint(
+    accelerator: Accelerator, path: Path, progress: dict[str, Any], loader_generator: torch.Generator | None
+) -> None:
+    """Save the training state to `path` (every process takes part), replacing the previous one by a rename: an
+    interrupted save leaves the previous state whole."""
+    staging = path.parent / f".{path.name}.staging"
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    if accelerator.is_main_process:
+        if loader_generator is not None:
+            torch.save(loader_generator.get_state(), staging / LOADER_GENERATOR_FILE)
+        write_json(staging / PROGRESS_FILE, progress)
+        replace_directory(staging, path)
+    accelerator.wait_for_everyone()
 
 
 def evaluate(
@@ -490,7 +572,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     epoch_predictions: list[np.ndarray] = []
     train_time = 0.0
-    for epoch in range(args.num_train_epochs):
+
+    # Resume after the last saved epoch (--resume_from_checkpoint), restoring weights, optimizer, scheduler and RNG
+    checkpoint_dir = output_dir / "checkpoint" if output_dir is not None else None
+    resume = checkpoint_to_resume(args, checkpoint_dir)
+    loader_generator = getattr(train_loader, "synchronized_generator", None)  # the shared shuffle, several processes
+    if resume is not None:
+        progress = read_progress(resume, args, accelerator.num_processes)
+        accelerator.load_state(str(resume))
+        if loader_generator is not None:
+            loader_generator.set_state(torch.load(resume / LOADER_GENERATOR_FILE))
+        history, train_time = progress["history"], progress["train_time_s"]
+        epoch_predictions = [np.asarray(p) for p in progress["predictions"]]
+        info["resumed_after_epochs"] = len(history)
+        progress_bar.update(len(history) * updates_per_epoch)
+        logger.info(f"resumed from {resume}: {len(history)} of {args.num_train_epochs} epochs done")
+    for epoch in range(len(history), args.num_train_epochs):
         model.train()
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=accelerator.device)
@@ -514,6 +611,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         epoch_predictions.append(predictions)
         history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
         logger.info(f"epoch {epoch}: train_loss {train_loss:.4f}, {metrics}")
+        if args.checkpointing_steps == "epoch":
+            progress = {"settings": run_settings(args), "num_processes": accelerator.num_processes}
+            progress |= {"history": history, "train_time_s": train_time}
+            progress["predictions"] = [p.tolist() for p in epoch_predictions]
+            save_checkpoint(accelerator, checkpoint_dir, progress, loader_generator)
     progress_bar.close()
 
     # Report the best epoch by the task's primary metric, and the last one
@@ -579,6 +681,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if accelerator.is_main_process:
             write_json(output_dir / "all_results.json", results)
             logger.info(f"wrote all_results.json and the {'adapter' if method.is_peft else 'model'} to {output_dir}")
+        if accelerator.is_main_process and checkpoint_dir.exists() and (args.checkpointing_steps or resume):
+            shutil.rmtree(checkpoint_dir)  # the run is complete: its training state is no longer needed
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results

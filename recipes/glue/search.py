@@ -170,6 +170,7 @@ def run_one(args: argparse.Namespace, task: str, method: str, setting: Setting, 
         args.data_dir,
     ]
     argv += ["--output_dir", str(out), "--no_save_model", "--pooling", pooling, "--learning_rate", str(lr)]
+    argv += ["--checkpointing_steps", "epoch", "--resume_from_checkpoint", "auto"]  # a cut run continues
     argv += ["--num_train_epochs", str(epochs), "--max_train_samples", str(args.max_train_samples)]
     argv += ["--validation_split_percentage", str(args.validation_split_percentage)]
     argv += ["--max_seq_length", str(args.max_seq_length)]

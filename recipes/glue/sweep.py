@@ -121,6 +121,8 @@ def run_argv(args: argparse.Namespace, task: str, method: str, seed: int, output
     """Command line of one run_glue.py run."""
     argv = ["--task", task, "--method", method, "--seed", str(seed), "--model", args.model]
     argv += ["--output_dir", str(output_dir)]
+    # a run cut short (the machine stopped) continues from its last finished epoch on the next call
+    argv += ["--checkpointing_steps", "epoch", "--resume_from_checkpoint", "auto"]
     if args.num_train_epochs is not None:
         argv += ["--num_train_epochs", str(args.num_train_epochs)]
     argv += ["--max_seq_length", str(args.max_seq_length)]
