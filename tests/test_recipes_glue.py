@@ -637,6 +637,20 @@ def test_sweep_table_counts_params_on_the_first_task_a_method_ran() -> None:
     assert "| bitfit | 265 (26.50%) | 0.003 |" in sweep.markdown_table(summary, ["sst2", "cola"])
 
 
+def _kill_runs_in_epoch_1(monkeypatch: pytest.MonkeyPatch):
+    """Make run_glue's second evaluation (epoch 1's) raise, as if the machine stopped; returns the real evaluate."""
+    evaluate, calls = run_glue.evaluate, []
+
+    def killed_in_epoch_1(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(run_glue, "evaluate", killed_in_epoch_1)
+    return evaluate
+
+
 @pytest.mark.parametrize("method, task", [("lntune", "stsb"), ("full", "rte")])
 def test_interrupted_run_resumes_to_the_uninterrupted_result(
     tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, task: str
@@ -648,15 +662,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(
     whole = run_glue.main(_argv(tiny_bert, task, method, tmp_path / "whole", *extra, epochs="3"))
     assert not (tmp_path / "whole" / "checkpoint").exists()  # removed once the run is complete
 
-    evaluate, calls = run_glue.evaluate, []
-
-    def killed_in_epoch_1(*args, **kwargs):
-        calls.append(None)
-        if len(calls) == 2:
-            raise RuntimeError("killed")
-        return evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(run_glue, "evaluate", killed_in_epoch_1)
+    evaluate = _kill_runs_in_epoch_1(monkeypatch)
     with pytest.raises(RuntimeError, match="killed"):
         run_glue.main(_argv(tiny_bert, task, method, tmp_path / "cut", *extra, epochs="3"))
     monkeypatch.setattr(run_glue, "evaluate", evaluate)
@@ -688,15 +694,7 @@ def test_sweep_continues_a_cut_run_from_its_last_epoch(
     argv = ["--tasks", "rte", "--methods", "lntune", "--seeds", "1", "--model", str(tiny_bert), "--name", "tiny"]
     argv += ["--data_dir", str(TINY_DIR), "--num_train_epochs", "2", "--out", str(tmp_path), "--cpu"]
     argv += ["--run_args", "--per_device_train_batch_size", "1"]
-    evaluate, calls = run_glue.evaluate, []
-
-    def killed_in_epoch_1(*args, **kwargs):
-        calls.append(None)
-        if len(calls) == 2:
-            raise RuntimeError("killed")
-        return evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(run_glue, "evaluate", killed_in_epoch_1)
+    evaluate = _kill_runs_in_epoch_1(monkeypatch)
     assert sweep.main(argv) == 1  # the failure is reported, the epoch-0 state stays
     monkeypatch.setattr(run_glue, "evaluate", evaluate)
     assert sweep.main(argv) == 0

@@ -353,9 +353,10 @@ PROGRESS_FILE = "progress.json"  # in a checkpoint: the run's settings and the e
 LOADER_GENERATOR_FILE = "train_loader_generator.pt"  # the shuffle generator accelerate shares between processes
 
 
-def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+def run_settings(args: argparse.Namespace, num_processes: int) -> dict[str, Any]:
     """The settings (as JSON values) a saved training state must share with the run that resumes it."""
-    return json.loads(json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE_ARGS}))
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE_ARGS}
+    return json.loads(json.dumps(settings | {"num_processes": num_processes}))
 
 
 def checkpoint_to_resume(args: argparse.Namespace, checkpoint_dir: Path | None) -> Path | None:
@@ -377,8 +378,7 @@ def checkpoint_to_resume(args: argparse.Namespace, checkpoint_dir: Path | None) 
 def read_progress(path: Path, args: argparse.Namespace, num_processes: int) -> dict[str, Any]:
     """The progress saved in checkpoint `path`; refuses a state of a run with other settings (it would mix two runs)."""
     progress = json.loads((path / PROGRESS_FILE).read_text())
-    saved, now = progress["settings"] | {"num_processes": progress["num_processes"]}, run_settings(args)
-    now["num_processes"] = num_processes
+    saved, now = progress["settings"], run_settings(args, num_processes)
     differ = {k: (saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)}
     if differ:
         text = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differ.items())
@@ -612,8 +612,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
         logger.info(f"epoch {epoch}: train_loss {train_loss:.4f}, {metrics}")
         if args.checkpointing_steps == "epoch":
-            progress = {"settings": run_settings(args), "num_processes": accelerator.num_processes}
-            progress |= {"history": history, "train_time_s": train_time}
+            progress = {"settings": run_settings(args, accelerator.num_processes), "history": history}
+            progress["train_time_s"] = train_time
             progress["predictions"] = [p.tolist() for p in epoch_predictions]
             save_checkpoint(accelerator, checkpoint_dir, progress, loader_generator)
     progress_bar.close()
