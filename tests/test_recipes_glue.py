@@ -702,3 +702,20 @@ def test_sweep_continues_a_cut_run_from_its_last_epoch(
         (tmp_path / "tmp" / "glue_tiny" / "rte" / "lntune" / "seed0" / "all_results.json").read_text()
     )
     assert results["resumed_after_epochs"] == 1 and len(results["history"]) == 2
+
+
+@pytest.mark.parametrize("task", ["stsb", "mrpc"])
+def test_lntune_trains_like_peft_ln_tuning(tiny_bert: Path, task: str) -> None:
+    """lntune (a delta on each frozen norm) and peft's LNTuningConfig (a trained copy of each norm) are the same method:
+    the same training loss and dev scores, epoch by epoch, up to float rounding."""
+    histories = {}
+    for method in ("lntune", "peft-ln"):
+        argv = _argv(tiny_bert, task, method, None, "--seed", "3", "--learning_rate", "1e-2", epochs="3")
+        histories[method] = run_glue.main(argv)["history"]
+    ours, peft_ln = histories["lntune"], histories["peft-ln"]
+    assert len(ours) == len(peft_ln) == 3
+    assert ours[0]["train_loss"] != ours[-1]["train_loss"]  # the norms (and head) did train
+    for mine, theirs in zip(ours, peft_ln):
+        assert mine.keys() == theirs.keys()
+        for key, value in mine.items():
+            assert theirs[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, mine, theirs)
