@@ -195,7 +195,7 @@ class Method:
 # paper's upper end 1e-3: 15.0 and 86.5, mean 50.8; MRPC and STS-B not searched); at its former 1e-3 x 3 epochs it
 # stayed near the majority class on CoLA dev (4.6 MCC).
 # lntune-lora (norms + rank-2 LoRA on query/value), the candidate design for CoLA: LoRA's held-out CoLA rate 2e-3 and
-# lntune's 8 epochs and pooling; not searched (dev rows so far: CoLA, SST-2, STS-B).
+# lntune's 8 epochs and pooling; not searched (dev: CoLA 3 seeds, the other four tasks seed 0).
 # Pooling on sentence-pair tasks of a mean-pooling (bi-encoder) checkpoint: the norm-tuning methods encode each
 # sentence alone (lntune.use_pair_pooling), the held-out winner for lntune on RTE (64.3 vs 58.2 with the joint pair),
 # STS-B (85.5 vs 83.8) and MRPC (82.7 vs 82.2) in results/glue_search_minilm_4k*.md; the linear probe says why: the
