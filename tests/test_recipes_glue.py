@@ -422,15 +422,16 @@ def _mean_pooling_checkpoint(tiny_bert: Path, dest: Path) -> Path:
 
 
 def test_auto_pooling_pairs_norm_methods_on_pair_tasks(tiny_bert: Path, tmp_path: Path) -> None:
-    """--pooling auto on a mean-pooling checkpoint: the norm-tuning methods encode each sentence of a pair alone, the
-    others keep the checkpoint's mean pooling; single-sentence tasks and other checkpoints are untouched."""
+    """--pooling auto on a mean-pooling checkpoint: the norm-tuning methods and BitFit encode each sentence of a pair
+    alone, the others keep the checkpoint's mean pooling; single-sentence tasks and other checkpoints are untouched."""
     mean_ckpt = str(_mean_pooling_checkpoint(tiny_bert, tmp_path / "mean_ckpt"))
     for method, spec in run_glue.METHODS.items():
         assert run_glue.resolve_pooling("auto", mean_ckpt, "rte", method) == ("pair" if spec.pair_pooling else "mean")
         assert run_glue.resolve_pooling("auto", mean_ckpt, "sst2", method) == "mean"
         assert run_glue.resolve_pooling("auto", str(tiny_bert), "rte", method) == "cls"
-    assert {m for m, spec in run_glue.METHODS.items() if spec.pair_pooling} >= {"lntune", "lntune-fisher", "peft-ln"}
-    assert not run_glue.METHODS["full"].pair_pooling
+    paired = {m for m, spec in run_glue.METHODS.items() if spec.pair_pooling}
+    assert paired >= {"lntune", "lntune-fisher", "peft-ln", "bitfit"}  # the methods that cannot rewrite a weight
+    assert not run_glue.METHODS["full"].pair_pooling and not run_glue.METHODS["lora"].pair_pooling
     assert run_glue.resolve_pooling("mean", mean_ckpt, "rte", "lntune") == "mean"  # an explicit choice wins
     with pytest.raises(ValueError, match="needs a sentence-pair task; cola has one sentence"):
         run_glue.resolve_pooling("pair", mean_ckpt, "cola", "lntune")

@@ -152,7 +152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the token states, lntune.use_mean_pooling), 'pair' (sentence-pair tasks: each sentence encoded alone and "
         "mean-pooled, the classifier reads [u, v, |u-v|, u*v], lntune.use_pair_pooling), or 'auto': the pooling a "
         "sentence-transformers checkpoint was trained with (its 1_Pooling/config.json), else 'cls'; for a mean-pooling "
-        "checkpoint the norm-tuning methods use 'pair' on sentence-pair tasks (recipes/glue/README.md, Defaults).",
+        "checkpoint the norm-tuning methods and BitFit use 'pair' on sentence-pair tasks (recipes/glue/README.md, "
+        "Defaults).",
     )
     parser.add_argument(
         "--validation_split_percentage",
@@ -274,7 +275,7 @@ def resolve_pooling(pooling: str, model: str, task: str, method: str) -> str:
 
     'auto' takes the checkpoint's own pooling (its sentence-transformers 1_Pooling config), else 'cls'; on a
     sentence-pair task a mean-pooling checkpoint is pair-pooled for the methods whose ``Method.pair_pooling`` is set
-    (the norm-tuning methods: see glue_methods.METHODS). Raises ValueError for 'pair' on a single-sentence task."""
+    (the norm-tuning methods and BitFit: see glue_methods.METHODS). Raises ValueError for 'pair' on a single-sentence task."""
     pair_task = len(TASKS[task].text_keys) == 2
     if pooling == "auto":
         pooling = checkpoint_pooling(model) or "cls"
