@@ -275,7 +275,8 @@ def resolve_pooling(pooling: str, model: str, task: str, method: str) -> str:
 
     'auto' takes the checkpoint's own pooling (its sentence-transformers 1_Pooling config), else 'cls'; on a
     sentence-pair task a mean-pooling checkpoint is pair-pooled for the methods whose ``Method.pair_pooling`` is set
-    (the norm-tuning methods and BitFit: see glue_methods.METHODS). Raises ValueError for 'pair' on a single-sentence task."""
+    (the norm-tuning methods and BitFit: see glue_methods.METHODS). Raises ValueError for 'pair' on a single-sentence
+    task."""
     pair_task = len(TASKS[task].text_keys) == 2
     if pooling == "auto":
         pooling = checkpoint_pooling(model) or "cls"
@@ -613,9 +614,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
         logger.info(f"epoch {epoch}: train_loss {train_loss:.4f}, {metrics}")
         if args.checkpointing_steps == "epoch":
-            progress = {"settings": run_settings(args, accelerator.num_processes), "history": history}
-            progress["train_time_s"] = train_time
-            progress["predictions"] = [p.tolist() for p in epoch_predictions]
+            progress = {
+                "settings": run_settings(args, accelerator.num_processes),
+                "history": history,
+                "train_time_s": train_time,
+                "predictions": [p.tolist() for p in epoch_predictions],
+            }
             save_checkpoint(accelerator, checkpoint_dir, progress, loader_generator)
     progress_bar.close()
 
